@@ -1,0 +1,304 @@
+"""The ``lungct`` command line: parses options and calls library code, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from lungct import __version__
+from lungct.errors import LungctError
+
+log = logging.getLogger("lungct")
+
+TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "model": (str, "registry model name (see `lungct models`)"),
+    "pretrained": (str, "auto | imagenet | none | PATH to a weights file"),
+    "epochs": (int, "maximum epochs"),
+    "image_size": (int, "square input side in px (default: the model's)"),
+    "batch_size": (int, "batch size"),
+    "lr": (float, "peak learning rate (AdamW)"),
+    "weight_decay": (float, "AdamW weight decay"),
+    "patience": (int, "early-stopping patience in epochs"),
+    "seed": (int, "one seed for everything"),
+    "split": (str, "grouped (default) | random (LEAKY, for comparison with published numbers only)"),
+    "balance": (str, "class imbalance: weights | sampler | none"),
+    "focal_gamma": (float, "focal-loss gamma (0 = cross-entropy)"),
+    "threads": (int, "CPU threads for torch"),
+    "max_minutes": (float, "stop training after this many minutes"),
+    "target_sensitivity": (float, "malignant sensitivity the operating threshold aims for on validation"),
+    "n_boot": (int, "bootstrap replicates for confidence intervals"),
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder (else $LUNGCT_DATA, else ./data)")
+    p.add_argument("--config", help="YAML config file (unknown keys are rejected)")
+    p.add_argument("--class-map", help="custom folder->class map, e.g. 'Healthy=normal,Cancer=malignant'")
+    for key, (typ, text) in TRAIN_OPTIONS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=text)
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="disable augmentation")
+    p.add_argument("--no-body-crop", dest="body_crop", action="store_false", default=None,
+                   help="keep the full canvas instead of cropping to the body")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from lungct.config import load_config, make_config
+    from lungct.data import parse_class_map
+
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in (*TRAIN_OPTIONS, "augment", "body_crop")
+                                 if getattr(args, k, None) is not None}
+    if args.data:
+        overrides["data"] = args.data
+    if args.class_map:
+        overrides["class_map"] = parse_class_map(args.class_map)
+    return load_config(args.config, overrides) if args.config else make_config(overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lungct", description="Leakage-aware lung CT slice classification "
+                                 "(normal / benign / malignant). Research and decision-support use only.")
+    ap.add_argument("--version", action="version", version=f"lungct {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="fetch IQ-OTH/NCCD with kagglehub (needs a network)")
+    p.add_argument("--out", help="also link the download here (e.g. ./data)")
+
+    p = sub.add_parser("audit", help="duplicates, scan groups, label conflicts, shortcut baseline")
+    p.add_argument("--data", help="dataset folder (else $LUNGCT_DATA, else ./data)")
+    p.add_argument("--out", required=True, help="output folder for manifest.csv, audit.json, audit.md")
+    p.add_argument("--class-map", help="custom folder->class map, e.g. 'Healthy=normal'")
+    p.add_argument("--split", choices=("grouped", "random"), help="also write a split CSV of this kind")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="train, calibrate, evaluate on the test split, write report.html")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
+    _add_train_options(p)
+
+    p = sub.add_parser("cv", help="grouped k-fold cross-validation")
+    p.add_argument("--out", required=True)
+    p.add_argument("--folds", type=int, default=5)
+    _add_train_options(p)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on any folder in the class-folder layout")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="dataset folder (else $LUNGCT_DATA, else ./data)")
+    p.add_argument("--out", help="output folder (default RUN/eval/<data folder name>)")
+    p.add_argument("--class-map")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("predict", help="classify images, DICOM files or folders")
+    p.add_argument("--run", required=True)
+    p.add_argument("--image", nargs="+", required=True, help="files or folders")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays, gallery, faithfulness and shortcut checks")
+    p.add_argument("--run", required=True)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--image", nargs="+", help="files or folders to explain")
+    g.add_argument("--data", help="dataset folder: explain the run's test split of it")
+    p.add_argument("--out", help="output folder (default RUN/eval/test/explain)")
+    p.add_argument("--method", nargs="+", default=["gradcam", "gradcam++", "eigencam"])
+    p.add_argument("--target", help="class to explain (default: the predicted class)")
+    p.add_argument("--max-images", type=int, default=48)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("serve", help="local web workstation and REST API")
+    p.add_argument("--run", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, local only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /api/*")
+    p.add_argument("--max-upload-mb", type=float, default=20.0)
+
+    sub.add_parser("models", help="list the model registry")
+
+    p = sub.add_parser("run", help="the main job end to end: audit, train, evaluate, explain, report")
+    p.add_argument("--out", default="runs/main", help="run folder (default runs/main)")
+    p.add_argument("--no-synthetic", action="store_true",
+                   help="fail when no real data is found instead of running on labelled synthetic phantoms")
+    _add_train_options(p)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except LungctError as exc:
+        print(f"lungct: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lungct: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+def cmd_download(args) -> int:
+    from lungct.data import download
+
+    print(download(Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from lungct.audit import run_audit
+    from lungct.data import parse_class_map, resolve_data_dir
+
+    root = resolve_data_dir(args.data)
+    cmap = parse_class_map(args.class_map) if args.class_map else None
+    res = run_audit(root, class_map=cmap, out_dir=Path(args.out), progress=not args.quiet)
+    if args.split:
+        from lungct.splits import grouped_split, leakage_report, random_split, write_split
+
+        assignment = (grouped_split if args.split == "grouped" else random_split)(res.rows, seed=args.seed)
+        write_split(Path(args.out) / f"split_{args.split}.csv", res.rows, assignment)
+        print(json.dumps({"split": args.split, "leakage": leakage_report(res.rows, assignment)}, indent=2))
+    print(f"audit of {len(res.rows)} images ({len(res.skipped)} skipped) written to {args.out}/audit.md")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from lungct.pipeline import run_training
+
+    cfg = _config_from_args(args)
+    paths = run_training(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    _print_summary(paths.root)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from lungct.cv import cv_markdown, run_cv
+
+    cfg = _config_from_args(args)
+    print(cv_markdown(run_cv(cfg, args.out, folds=args.folds, progress=not args.quiet)))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from lungct.data import parse_class_map, resolve_data_dir
+    from lungct.evaluate import evaluate_folder
+    from lungct.pipeline import write_run_report
+    from lungct.predictor import Predictor
+    from lungct.runs import find_run
+
+    paths = find_run(args.run)
+    predictor = Predictor.from_run(paths.root)
+    root = resolve_data_dir(args.data)
+    out = Path(args.out) if args.out else paths.eval_dir(root.name or "external")
+    cmap = parse_class_map(args.class_map) if args.class_map else None
+    m = evaluate_folder(predictor, root, out, class_map=cmap, n_boot=args.n_boot, progress=not args.quiet)
+    if out.resolve().is_relative_to(paths.root.resolve()):
+        write_run_report(paths)
+    print(_headline(m))
+    print(f"metrics written to {out}/metrics.json")
+    return 0
+
+
+def _expand(items: list[str]) -> list[Path]:
+    from lungct.errors import ImageReadError
+    from lungct.imaging import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for s in items:
+        p = Path(s)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ImageReadError(f"no such file or folder: {p}")
+    if not out:
+        raise ImageReadError("no image files found in the given paths")
+    return out
+
+
+def cmd_predict(args) -> int:
+    from lungct.predictor import Predictor
+
+    predictor = Predictor.from_run(args.run)
+    preds = predictor.predict_paths(_expand(args.image))
+    if args.json:
+        print(json.dumps({"model": predictor.model_name, "version": predictor.version,
+                          "predictions": [p.to_dict() for p in preds]}, indent=2))
+        return 0
+    for p in preds:
+        probs = "  ".join(f"{k} {v:.3f}" for k, v in p.to_dict()["probabilities"].items())
+        print(f"{p.source}: {p.decision.upper()} (argmax {p.class_name}; {probs}; "
+              f"malignant threshold {p.threshold:.3f})")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from lungct.explain import run_explain
+
+    res = run_explain(args.run, Path(args.out) if args.out else None,
+                      images=_expand(args.image) if args.image else None,
+                      data=Path(args.data) if args.data else None, methods=tuple(args.method),
+                      target=args.target, max_images=args.max_images, progress=not args.quiet)
+    print(json.dumps(res, indent=2, default=str)[:4000])
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from lungct.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, token=args.token, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from lungct.models import REGISTRY
+
+    for name, spec in REGISTRY.items():
+        weights = spec.imagenet_source or "none"
+        print(f"{name:20s} {spec.input_size:4d}px  ImageNet: {weights:40s} {spec.licence}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from lungct.main_job import run_main_job
+
+    cfg = _config_from_args(args)
+    root = run_main_job(cfg, Path(args.out), allow_synthetic=not args.no_synthetic, progress=not args.quiet)
+    _print_summary(root)
+    return 0
+
+
+def _headline(m: dict) -> str:
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    mal = m.get("malignant_vs_rest", {})
+    case = m.get("case_level", {})
+    return (f"n={m.get('n')} accuracy {f(m.get('accuracy'))} balanced {f(m.get('balanced_accuracy'))} "
+            f"macro-AUC {f(m.get('macro_auc'))} | malignant sens {f(mal.get('sensitivity'))} "
+            f"spec {f(mal.get('specificity'))} | benign recall "
+            f"{f(m.get('per_class', {}).get('benign', {}).get('sensitivity'))} | "
+            f"case accuracy {f(case.get('accuracy'))} (n={case.get('n')})")
+
+
+def _print_summary(run_dir: Path) -> None:
+    from lungct.runs import RunPaths, read_json
+
+    paths = RunPaths(Path(run_dir))
+    metrics = paths.eval_dir("test") / "metrics.json"
+    if metrics.is_file():
+        print("test split: " + _headline(read_json(metrics)))
+    print(f"run folder: {paths.root}  report: {paths.report}")
+
+
+COMMANDS = {"download": cmd_download, "audit": cmd_audit, "train": cmd_train, "cv": cmd_cv,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain, "serve": cmd_serve,
+            "models": cmd_models, "run": cmd_run}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""One Predictor shared by the CLI, the evaluation code and the web service.
+
+load run -> preprocess -> predict -> calibrate (temperature) -> decide at the operating threshold.
+Explanations (Grad-CAM) are added by :mod:`lungct.explain` on top of :meth:`Predictor.prepare`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lungct import CLASSES
+from lungct.imaging import decode_bytes, read_image
+from lungct.network import Classifier, build_network
+from lungct.runs import find_run, load_checkpoint, read_json
+from lungct.transforms import Geometry, PreprocessConfig, preprocess
+
+MALIGNANT = CLASSES.index("malignant")
+
+
+@dataclass
+class Prediction:
+    """Result for one slice. ``probs`` are calibrated, float (3,) in CLASSES order."""
+
+    probs: np.ndarray
+    threshold: float
+    geometry: Geometry
+    source: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> int:
+        """Arg-max class index."""
+        return int(np.argmax(self.probs))
+
+    @property
+    def class_name(self) -> str:
+        return CLASSES[self.label]
+
+    @property
+    def malignant_probability(self) -> float:
+        return float(self.probs[MALIGNANT])
+
+    @property
+    def decision(self) -> str:
+        """'malignant' when p(malignant) >= the operating threshold, else the likelier of the others."""
+        if self.malignant_probability >= self.threshold:
+            return "malignant"
+        others = [i for i in range(len(CLASSES)) if i != MALIGNANT]
+        return CLASSES[max(others, key=lambda i: self.probs[i])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "class": self.class_name,
+            "probabilities": {c: round(float(p), 6) for c, p in zip(CLASSES, self.probs, strict=True)},
+            "malignant_probability": round(self.malignant_probability, 6),
+            "malignant_threshold": round(self.threshold, 6),
+            "decision": self.decision,
+            **self.extras,
+        }
+
+
+class Predictor:
+    """A trained network plus everything needed to use it on raw images."""
+
+    def __init__(self, net: Classifier, model_name: str, pre: PreprocessConfig, temperature: float = 1.0,
+                 threshold: float = 0.5, info: dict[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.model_name = model_name
+        self.pre = pre
+        self.temperature = float(temperature)
+        self.threshold = float(threshold)
+        self.info = info or {}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> Predictor:
+        """Load a finished run folder (run.json + checkpoints/best.pt, weights_only)."""
+        paths = find_run(run_dir)
+        run = read_json(paths.run_json)
+        net, _, _ = build_network(run["model"], pretrained="none")
+        ck = load_checkpoint(paths.best)
+        try:
+            net.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            from lungct.errors import ModelError
+
+            raise ModelError(f"checkpoint {paths.best} does not match model {run['model']}") from exc
+        cal = run.get("calibration", {})
+        return cls(net, run["model"], PreprocessConfig(**run["preprocess"]), cal.get("temperature", 1.0),
+                   cal.get("malignant_threshold", 0.5), run)
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("run_id", "unversioned"))
+
+    def prepare(self, img: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """float32 (H, W) in [0, 1] -> (model input (1, 1, S, S), geometry)."""
+        x, geom = preprocess(img, self.pre)
+        return torch.from_numpy(x)[None, None], geom
+
+    @torch.inference_mode()
+    def calibrated_probs(self, x: torch.Tensor) -> np.ndarray:
+        """(N, 1, S, S) in [0, 1] -> calibrated probabilities float (N, 3)."""
+        logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
+        return torch.softmax(logits / self.temperature, dim=1).numpy()
+
+    def predict_images(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
+                       batch_size: int = 32) -> list[Prediction]:
+        """Predict decoded (H, W) [0, 1] images in batches."""
+        sources = list(sources) if sources is not None else [""] * len(images)
+        out: list[Prediction] = []
+        for i in range(0, len(images), batch_size):
+            prepared = [self.prepare(im) for im in images[i : i + batch_size]]
+            probs = self.calibrated_probs(torch.cat([p[0] for p in prepared]))
+            out += [Prediction(pr, self.threshold, g, s)
+                    for pr, (_, g), s in zip(probs, prepared, sources[i : i + batch_size], strict=True)]
+        return out
+
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
+                      progress: bool = False) -> list[Prediction]:
+        """Read and predict files; ImageReadError on the first unreadable one."""
+        out: list[Prediction] = []
+        bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+        for i in range(0, len(paths), batch_size):
+            chunk = [Path(p) for p in paths[i : i + batch_size]]
+            out += self.predict_images([read_image(p)[0] for p in chunk], [str(p) for p in chunk], batch_size)
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def predict_bytes(self, data: bytes, name: str = "upload") -> tuple[Prediction, np.ndarray]:
+        """Decode an uploaded file (type by content) and predict; returns (prediction, image)."""
+        img, _ = decode_bytes(data, name)
+        return self.predict_images([img], [name])[0], img
