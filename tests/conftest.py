@@ -21,10 +21,10 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
-    """A small synthetic dataset in the Kaggle layout: 4 patients x 3 slices per class, 64 px."""
+    """A small synthetic dataset in the Kaggle layout: 7 patients x 3 slices per class, 64 px."""
     from lungct.phantoms import write_phantom_dataset
 
-    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms") / "data", n_patients=4,
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantoms") / "data", n_patients=7,
                                  slices_per_patient=3, size=64, seed=0, masks=True)
 
 

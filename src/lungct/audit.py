@@ -6,9 +6,12 @@ byte-identical duplicate files, so images are grouped by *content*:
 * features: the image resized to 64x64 (box filter), its gradient magnitude (weight 2/3) and its
   intensities (weight 1/3), each made zero-mean and unit-norm; similarity is the cosine (dot product);
 * only images of the same size are compared;
-* the link threshold comes from the data: for every image, its most similar image of *another* class
-  is taken as a "different patient" reference; the threshold is the 99th percentile of these values,
-  clipped to [0.5, 0.95] (anything above 0.95 is a near-copy and always linked);
+* a second, coarse feature is the body silhouette (foreground mask with holes filled, couch included),
+  which stays similar across slices of one scan when the anatomy inside changes;
+* thresholds come from the data: for every image, its most similar image of *another* class is taken
+  as a "different patient" reference. Two images are linked when their content similarity exceeds the
+  99th percentile of that reference (clipped to [0.5, 0.95]: above 0.95 is a near-copy, always linked),
+  or when content exceeds the 95th and silhouette similarity the 95th percentile of theirs;
 * linked pairs and exact duplicates (same bytes or same pixels) form groups (connected components).
 
 A group that holds more than one label is a label conflict: the same scan filed under two classes.
@@ -28,8 +31,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from lungct import CLASSES, __version__
@@ -41,13 +46,27 @@ log = logging.getLogger("lungct")
 
 FEATURE_SIZE = 64
 PERCENTILE = 99.0
+JOINT_PERCENTILE = 95.0
 THRESHOLD_BOUNDS = (0.5, 0.95)
 DEFAULT_THRESHOLD = 0.9
 MIN_REFERENCE = 20
 BLOCK = 1024
 META_FEATURES = ("width", "height", "aspect", "bytes", "bytes_per_pixel", "mean", "std")
-CSV_HEADER = ("path", "label", "class", "sha256", "pixel_sha256", "width", "height", "mode", "bytes",
-              "mean", "std", "group_id", "duplicate_of")
+CSV_HEADER = (
+    "path",
+    "label",
+    "class",
+    "sha256",
+    "pixel_sha256",
+    "width",
+    "height",
+    "mode",
+    "bytes",
+    "mean",
+    "std",
+    "group_id",
+    "duplicate_of",
+)
 
 
 @dataclass
@@ -79,24 +98,45 @@ class AuditResult:
     summary: dict[str, Any]
 
 
-def _features(img: np.ndarray) -> np.ndarray:
-    """float32 (H, W) image -> float32 (2 * 64 * 64,) unit vector (gradient magnitude + intensities)."""
-    small = np.asarray(Image.fromarray(img.astype(np.float32)).resize(
-        (FEATURE_SIZE, FEATURE_SIZE), Image.Resampling.BOX), dtype=np.float32)
-    grad = np.hypot(*np.gradient(small))
-    parts = []
-    for part, weight in ((grad, 2 / 3), (small, 1 / 3)):
-        v = part.ravel() - part.mean()
-        n = float(np.linalg.norm(v))
-        parts.append(v * (np.sqrt(weight) / n) if n > 1e-8 else np.zeros_like(v))
-    return np.concatenate(parts).astype(np.float32)
+@dataclass(frozen=True)
+class LinkRule:
+    """Same-size images are linked when content > strict, or content > loose and silhouette > body."""
+
+    strict: float
+    loose: float
+    body: float
+    method: str
+
+    def links(self, content: np.ndarray, body: np.ndarray) -> np.ndarray:
+        return (content > self.strict) | ((content > self.loose) & (body > self.body))
+
+
+def _unit(x: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    v = x.ravel().astype(np.float32) - float(x.mean())
+    n = float(np.linalg.norm(v))
+    return v * np.float32(np.sqrt(weight) / n) if n > 1e-8 else np.zeros_like(v)
+
+
+def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (H, W) image -> (content (2*64*64,), silhouette (64*64,)) float32 unit vectors.
+
+    Content: gradient magnitude (weight 2/3) and intensities (1/3) of the 64x64 box-resized image.
+    Silhouette: pixels above 8 % of the 1-99th percentile range, closed and hole-filled."""
+    small = np.asarray(
+        Image.fromarray(img.astype(np.float32)).resize((FEATURE_SIZE, FEATURE_SIZE), Image.Resampling.BOX),
+        dtype=np.float32,
+    )
+    content = np.concatenate([_unit(np.hypot(*np.gradient(small)), 2 / 3), _unit(small, 1 / 3)])
+    lo, hi = np.percentile(small, [1, 99])
+    body = ndimage.binary_fill_holes(ndimage.binary_closing(small > lo + 0.08 * (hi - lo)))
+    return content, _unit(body.astype(np.float32))
 
 
 def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
     """Read every listed file once: rows, feature matrix (N, D) and skipped (path, reason)."""
     listing = list_dataset(root, class_map)
     skipped = [(p.relative_to(root).as_posix(), why) for p, why in listing.skipped]
-    rows, feats = [], []
+    rows, content, body = [], [], []
     for s in tqdm(listing.samples, desc="audit", unit="img", disable=not progress):
         rel = s.path.relative_to(root).as_posix()
         try:
@@ -109,12 +149,28 @@ def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
             skipped.append((rel, str(exc)))
             continue
         pix = hashlib.sha256(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
-        rows.append(ManifestRow(rel, s.label, s.class_name, hashlib.sha256(data).hexdigest(), pix, info.width,
-                                info.height, info.mode, len(data), float(img.mean()), float(img.std())))
-        feats.append(_features(img))
+        rows.append(
+            ManifestRow(
+                rel,
+                s.label,
+                s.class_name,
+                hashlib.sha256(data).hexdigest(),
+                pix,
+                info.width,
+                info.height,
+                info.mode,
+                len(data),
+                float(img.mean()),
+                float(img.std()),
+            )
+        )
+        c, b = _features(img)
+        content.append(c)
+        body.append(b)
     for rel, why in skipped:
         log.warning("skipped %s: %s", rel, why)
-    return rows, (np.stack(feats) if feats else np.zeros((0, 1), np.float32)), skipped
+    feats = (np.stack(content), np.stack(body)) if rows else (np.zeros((0, 1)), np.zeros((0, 1)))
+    return rows, feats, skipped
 
 
 def _duplicate_sets(rows: list[ManifestRow], key: str) -> list[list[int]]:
@@ -136,8 +192,8 @@ def _codes(values: list[str]) -> np.ndarray:
     return np.unique(np.array(values), return_inverse=True)[1]
 
 
-def _blocks(rows: list[ManifestRow], feats: np.ndarray):
-    """Yield (global row indices, global column indices, similarity block, exact-duplicate mask)."""
+def _blocks(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray]):
+    """Yield (row indices, column indices, content and silhouette similarity blocks, exact-copy mask)."""
     sha, pix = _codes([r.sha256 for r in rows]), _codes([r.pixel_sha256 for r in rows])
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
@@ -145,46 +201,61 @@ def _blocks(rows: list[ManifestRow], feats: np.ndarray):
     for idx in buckets.values():
         cols = np.array(idx)
         for start in range(0, len(cols), BLOCK):
-            b = cols[start:start + BLOCK]
-            sim = feats[b] @ feats[cols].T
+            b = cols[start : start + BLOCK]
+            sims = [f[b] @ f[cols].T for f in feats]
             exact = (sha[b][:, None] == sha[cols][None, :]) | (pix[b][:, None] == pix[cols][None, :])
-            yield b, cols, sim, exact
+            yield b, cols, sims[0], sims[1], exact
 
 
-def _nearest(rows: list[ManifestRow], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: highest similarity to another-class image and to a same-class one (exact copies and
-    itself excluded); -inf where there is none."""
+def _nearest(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per image, the highest content similarity to an image of another class ("cross") and of its own
+    class ("same"), and the highest silhouette similarity to another class ("cross_body"); exact copies
+    and the image itself are excluded; -inf where there is no candidate."""
     labels = np.array([r.label for r in rows])
-    cross = np.full(len(rows), -np.inf)
-    same = np.full(len(rows), -np.inf)
-    for b, cols, sim, exact in _blocks(rows, feats):
+    out = {k: np.full(len(rows), -np.inf) for k in ("cross", "same", "cross_body")}
+    for b, cols, content, body, exact in _blocks(rows, feats):
         other = labels[b][:, None] != labels[cols][None, :]
-        if cols.size > 1:
-            cross[b] = np.where(other & ~exact, sim, -np.inf).max(axis=1)
-            same[b] = np.where(~other & ~exact, sim, -np.inf).max(axis=1)
-    return cross, same
+        out["cross"][b] = np.where(other & ~exact, content, -np.inf).max(axis=1)
+        out["same"][b] = np.where(~other & ~exact, content, -np.inf).max(axis=1)
+        out["cross_body"][b] = np.where(other & ~exact, body, -np.inf).max(axis=1)
+    return out
 
 
-def choose_threshold(cross_nn: np.ndarray, percentile: float = PERCENTILE) -> tuple[float, str]:
-    """Link threshold from nearest cross-class similarities (different-patient reference)."""
-    ref = cross_nn[np.isfinite(cross_nn)]
+def choose_rule(
+    nn: dict[str, np.ndarray], percentile: float = PERCENTILE, joint: float = JOINT_PERCENTILE
+) -> LinkRule:
+    """Link thresholds from nearest other-class similarities (the different-patient reference)."""
+    ref, ref_body = nn["cross"][np.isfinite(nn["cross"])], nn["cross_body"][np.isfinite(nn["cross_body"])]
     if ref.size < MIN_REFERENCE:
-        return DEFAULT_THRESHOLD, (f"default {DEFAULT_THRESHOLD} (only {ref.size} images have a same-size image "
-                                   f"of another class to compare with; {MIN_REFERENCE} needed)")
+        return LinkRule(
+            DEFAULT_THRESHOLD,
+            np.inf,
+            np.inf,
+            f"default content similarity {DEFAULT_THRESHOLD} "
+            f"(only {ref.size} images have a same-size image of another class; {MIN_REFERENCE} needed)",
+        )
     raw = float(np.percentile(ref, percentile))
-    t = float(np.clip(raw, *THRESHOLD_BOUNDS))
-    how = (f"{percentile:g}th percentile of each image's most similar other-class image "
-           f"(n={ref.size}): {raw:.3f}")
-    if t != raw:
-        how += f", clipped to [{THRESHOLD_BOUNDS[0]}, {THRESHOLD_BOUNDS[1]}]"
-    return t, how
+    strict = float(np.clip(raw, *THRESHOLD_BOUNDS))
+    loose = float(np.clip(np.percentile(ref, joint), THRESHOLD_BOUNDS[0], strict))
+    body = float(np.percentile(ref_body, joint))
+    how = (
+        f"content > {strict:.3f} (the {percentile:g}th percentile of each image's most similar other-class "
+        f"image, n={ref.size}: {raw:.3f}"
+        + (f", clipped to {list(THRESHOLD_BOUNDS)}" if strict != raw else "")
+        + f"), or content > {loose:.3f} and silhouette > {body:.3f} (both {joint:g}th percentiles)"
+    )
+    return LinkRule(strict, loose, body, how)
 
 
-def _group(rows: list[ManifestRow], feats: np.ndarray, threshold: float) -> None:
-    """Set ``group_id`` on every row: connected components of (similarity > threshold) or exact copies."""
-    ii, jj = [], []
-    for b, cols, sim, exact in _blocks(rows, feats):
-        r, c = np.nonzero((sim > threshold) | exact)
+def _group(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray], rule: LinkRule) -> float:
+    """Set ``group_id`` on every row (connected components of rule links and exact copies). Returns the
+    fraction of images the rule links directly to an image of another class."""
+    labels = np.array([r.label for r in rows])
+    ii, jj, crossed = [], [], 0
+    for b, cols, content, body, exact in _blocks(rows, feats):
+        link = rule.links(content, body)
+        crossed += int((link & ~exact & (labels[b][:, None] != labels[cols][None, :])).any(axis=1).sum())
+        r, c = np.nonzero(link | exact)
         ii.append(b[r])
         jj.append(cols[c])
     n = len(rows)
@@ -194,14 +265,25 @@ def _group(rows: list[ManifestRow], feats: np.ndarray, threshold: float) -> None
     width = max(4, len(str(len(order))))
     for r, c in zip(rows, comp, strict=True):
         r.group_id = f"g{order[c] + 1:0{width}d}"
+    return crossed / n
 
 
 def _dup_report(rows: list[ManifestRow], sets: list[list[int]]) -> dict[str, Any]:
-    out = [{"paths": [rows[i].path for i in s], "classes": sorted({rows[i].class_name for i in s}),
-            "cross_class": len({rows[i].label for i in s}) > 1} for s in sets]
-    return {"n_sets": len(sets), "n_pairs": sum(len(s) * (len(s) - 1) // 2 for s in sets),
-            "n_redundant_files": sum(len(s) - 1 for s in sets),
-            "n_cross_class_sets": sum(d["cross_class"] for d in out), "sets": out}
+    out = [
+        {
+            "paths": [rows[i].path for i in s],
+            "classes": sorted({rows[i].class_name for i in s}),
+            "cross_class": len({rows[i].label for i in s}) > 1,
+        }
+        for s in sets
+    ]
+    return {
+        "n_sets": len(sets),
+        "n_pairs": sum(len(s) * (len(s) - 1) // 2 for s in sets),
+        "n_redundant_files": sum(len(s) - 1 for s in sets),
+        "n_cross_class_sets": sum(d["cross_class"] for d in out),
+        "sets": out,
+    }
 
 
 def _pct(x: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:
@@ -209,7 +291,9 @@ def _pct(x: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:
     return {f"p{q:g}": round(float(np.percentile(x, q)), 4) for q in qs} if x.size else {}
 
 
-def _group_report(rows, feats, threshold, how, cross_nn, same_nn) -> dict[str, Any]:
+def _group_report(
+    rows, content: np.ndarray, rule: LinkRule, nn: dict[str, np.ndarray], cross_rate: float
+) -> dict[str, Any]:
     members: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         members[r.group_id].append(i)
@@ -222,34 +306,54 @@ def _group_report(rows, feats, threshold, how, cross_nn, same_nn) -> dict[str, A
         if len(labels) < 2:
             continue
         lab = np.array([rows[i].label for i in m])
-        sim = feats[m] @ feats[m].T
-        same_size = np.array([[rows[a].width == rows[b].width and rows[a].height == rows[b].height
-                               for b in m] for a in m])
+        sim = content[m] @ content[m].T
+        same_size = np.array(
+            [[rows[a].width == rows[b].width and rows[a].height == rows[b].height for b in m] for a in m]
+        )
         cross = sim[(lab[:, None] != lab[None, :]) & same_size]
-        conflicts.append({"group_id": gid, "n_images": len(m),
-                          "classes": dict(Counter(rows[i].class_name for i in m)),
-                          "max_cross_label_similarity": round(float(cross.max()), 4) if cross.size else None,
-                          "paths": [rows[i].path for i in m]})
+        conflicts.append(
+            {
+                "group_id": gid,
+                "n_images": len(m),
+                "classes": dict(Counter(rows[i].class_name for i in m)),
+                "max_cross_label_similarity": round(float(cross.max()), 4) if cross.size else None,
+                "paths": [rows[i].path for i in m],
+            }
+        )
     bins = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-20", 11, 20), ("21-50", 21, 50), (">50", 51, n))
     hist = {name: int(((sizes >= lo) & (sizes <= hi)).sum()) for name, lo, hi in bins}
     return {
-        "n_groups": len(members), "per_class": per_class, "threshold": round(threshold, 4),
-        "threshold_method": how, "feature": f"{FEATURE_SIZE}x{FEATURE_SIZE} gradient magnitude (2/3) + "
-        "intensity (1/3), zero-mean unit-norm, cosine; same image size only",
-        "size_distribution": hist, "n_singletons": int((sizes == 1).sum()),
-        "size_min": int(sizes.min()), "size_median": float(np.median(sizes)), "size_max": int(sizes.max()),
+        "n_groups": len(members),
+        "per_class": per_class,
+        "threshold": round(rule.strict, 4),
+        "joint_content_threshold": round(rule.loose, 4),
+        "joint_silhouette_threshold": round(rule.body, 4),
+        "threshold_method": rule.method,
+        "feature": f"content: {FEATURE_SIZE}x{FEATURE_SIZE} gradient magnitude "
+        "(2/3) + intensity (1/3); silhouette: filled foreground mask; zero-mean unit-norm, cosine; same size only",
+        "images_linked_across_classes": round(cross_rate, 4),
+        "size_distribution": hist,
+        "n_singletons": int((sizes == 1).sum()),
+        "size_min": int(sizes.min()),
+        "size_median": float(np.median(sizes)),
+        "size_max": int(sizes.max()),
         "mean_images_per_group": round(float(sizes.mean()), 2),
-        "images_with_near_duplicate": int((same_nn > threshold).sum()),
-        "cross_class_nn_percentiles": _pct(cross_nn, (50, 90, 95, 99, 100)),
-        "same_class_nn_percentiles": _pct(same_nn, (10, 25, 50, 75)),
+        "images_with_near_duplicate": int((nn["same"] > rule.strict).sum()),
+        "cross_class_nn_percentiles": _pct(nn["cross"], (50, 90, 95, 99, 100)),
+        "same_class_nn_percentiles": _pct(nn["same"], (10, 25, 50, 75)),
+        "cross_class_silhouette_nn_percentiles": _pct(nn["cross_body"], (50, 95, 99)),
         "label_conflicts": conflicts,
     }
 
 
 def _stats(x: list[float], nd: int = 4) -> dict[str, float]:
     a = np.asarray(x, dtype=float)
-    return {"min": round(float(a.min()), nd), "median": round(float(np.median(a)), nd),
-            "mean": round(float(a.mean()), nd), "max": round(float(a.max()), nd)}
+    return {
+        "min": round(float(a.min()), nd),
+        "median": round(float(np.median(a)), nd),
+        "mean": round(float(a.mean()), nd),
+        "max": round(float(a.max()), nd),
+    }
 
 
 def _class_report(rows: list[ManifestRow]) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
@@ -260,16 +364,21 @@ def _class_report(rows: list[ManifestRow]) -> tuple[dict[str, Any], dict[str, di
             per[c] = {"n": 0}
             continue
         per[c] = {
-            "n": len(sel), "share": round(len(sel) / len(rows), 4),
+            "n": len(sel),
+            "share": round(len(sel) / len(rows), 4),
             "sizes": dict(Counter(f"{r.width}x{r.height}" for r in sel).most_common()),
             "non_square": sum(r.width != r.height for r in sel),
-            "aspect": _stats([r.width / r.height for r in sel], 3), "bytes": _stats([r.bytes for r in sel], 0),
-            "mean": _stats([r.mean for r in sel]), "std": _stats([r.std for r in sel]),
+            "aspect": _stats([r.width / r.height for r in sel], 3),
+            "bytes": _stats([r.bytes for r in sel], 0),
+            "mean": _stats([r.mean for r in sel]),
+            "std": _stats([r.std for r in sel]),
             "modes": dict(Counter(r.mode for r in sel)),
         }
     sizes = Counter(f"{r.width}x{r.height}" for r in rows)
-    table = {s: {c: sum(1 for r in rows if f"{r.width}x{r.height}" == s and r.class_name == c) for c in CLASSES}
-             for s, _ in sizes.most_common()}
+    table = {
+        s: {c: sum(1 for r in rows if f"{r.width}x{r.height}" == s and r.class_name == c) for c in CLASSES}
+        for s, _ in sizes.most_common()
+    }
     return per, table
 
 
@@ -286,17 +395,24 @@ def metadata_baseline(rows: list[ManifestRow], seed: int = 0, n_splits: int = 5)
     k = min([n_splits] + [len(set(groups[y == c])) for c in present])
     if len(present) < 2 or k < 2:
         return {"skipped": "needs at least two classes with at least two scan groups each"}
-    x = np.array([[r.width, r.height, r.width / r.height, r.bytes, r.bytes / (r.width * r.height), r.mean,
-                   r.std] for r in rows])
-    clf = RandomForestClassifier(n_estimators=150, min_samples_leaf=2, class_weight="balanced",
-                                 random_state=seed, n_jobs=1)
-    pred = cross_val_predict(clf, x, y, groups=groups,
-                             cv=StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed))
+    x = np.array(
+        [
+            [r.width, r.height, r.width / r.height, r.bytes, r.bytes / (r.width * r.height), r.mean, r.std]
+            for r in rows
+        ]
+    )
+    clf = RandomForestClassifier(
+        n_estimators=60, min_samples_leaf=2, class_weight="balanced", random_state=seed, n_jobs=1
+    )
+    pred = cross_val_predict(
+        clf, x, y, groups=groups, cv=StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    )
     rec = recall_score(y, pred, labels=present, average=None, zero_division=0)
     imp = clf.fit(x, y).feature_importances_
     return {
-        "model": f"RandomForest(150 trees, balanced) on {', '.join(META_FEATURES)}",
-        "cv": f"StratifiedGroupKFold(n_splits={k}) over scan groups", "n_splits": k,
+        "model": f"RandomForest(60 trees, balanced) on {', '.join(META_FEATURES)}",
+        "cv": f"StratifiedGroupKFold(n_splits={k}) over scan groups",
+        "n_splits": k,
         "accuracy": round(float(accuracy_score(y, pred)), 4),
         "balanced_accuracy": round(float(balanced_accuracy_score(y, pred)), 4),
         "recall": {CLASSES[c]: round(float(v), 4) for c, v in zip(present, rec, strict=True)},
@@ -314,31 +430,42 @@ def _warnings(s: dict[str, Any], size_table: dict[str, dict[str, int]]) -> list[
         out.append(f"{s['n_skipped']} file(s) skipped as unreadable or not images (listed below).")
     b, p = s["duplicates"]["byte"], s["duplicates"]["pixel"]
     if b["n_sets"]:
-        out.append(f"{b['n_sets']} sets of byte-identical files ({b['n_redundant_files']} redundant copies, "
-                   f"{b['n_cross_class_sets']} across classes).")
+        out.append(
+            f"{b['n_sets']} sets of byte-identical files ({b['n_redundant_files']} redundant copies, "
+            f"{b['n_cross_class_sets']} across classes)."
+        )
     if p["n_sets"]:
         out.append(f"{p['n_sets']} sets of pixel-identical files with different bytes.")
     if s["groups"]["label_conflicts"]:
-        out.append(f"{len(s['groups']['label_conflicts'])} scan group(s) hold more than one class "
-                   "(label conflicts, listed below).")
+        out.append(
+            f"{len(s['groups']['label_conflicts'])} scan group(s) hold more than one class "
+            "(label conflicts, listed below)."
+        )
     if len(size_table) > 1:
         main = next(iter(size_table))
         for size, counts in list(size_table.items())[1:]:
             owners = [c for c, n in counts.items() if n]
             if len(owners) == 1:
-                out.append(f"all {counts[owners[0]]} images of size {size} are {owners[0]} "
-                           "(image size reveals the class).")
-        out.append(f"{sum(sum(v.values()) for k, v in size_table.items() if k != main)} image(s) are not {main}.")
+                out.append(
+                    f"all {counts[owners[0]]} images of size {size} are {owners[0]} "
+                    "(image size reveals the class)."
+                )
+        out.append(
+            f"{sum(sum(v.values()) for k, v in size_table.items() if k != main)} image(s) are not {main}."
+        )
     m = s["metadata_baseline"]
     if "balanced_accuracy" in m and m["balanced_accuracy"] > m["chance_balanced_accuracy"] + 0.1:
-        out.append(f"metadata alone (size, file bytes, intensity statistics) predicts the class with balanced "
-                   f"accuracy {m['balanced_accuracy']:.2f} (chance {m['chance_balanced_accuracy']:.2f}) "
-                   "under group-wise CV: a CNN can use these shortcuts.")
+        out.append(
+            f"metadata alone (size, file bytes, intensity statistics) predicts the class with balanced "
+            f"accuracy {m['balanced_accuracy']:.2f} (chance {m['chance_balanced_accuracy']:.2f}) "
+            "under group-wise CV: a CNN can use these shortcuts."
+        )
     return out
 
 
-def run_audit(root: Path, class_map: dict[str, str] | None = None, out_dir: Path | None = None,
-              progress: bool = True) -> AuditResult:
+def run_audit(
+    root: Path, class_map: dict[str, str] | None = None, out_dir: Path | None = None, progress: bool = True
+) -> AuditResult:
     """Audit the dataset under ``root``; write manifest.csv, audit.json, audit.md (+ PNGs) to ``out_dir``."""
     t0 = time.time()
     root = Path(root)
@@ -346,29 +473,41 @@ def run_audit(root: Path, class_map: dict[str, str] | None = None, out_dir: Path
     if not rows:
         raise DataError(f"none of the image files under {root} could be read ({len(skipped)} skipped)")
     _mark_duplicates(rows)
-    cross_nn, same_nn = _nearest(rows, feats)
-    threshold, how = choose_threshold(cross_nn)
-    _group(rows, feats, threshold)
+    with threadpool_limits(limits=1, user_api="blas"):  # small products; threads only contend on 2 cores
+        nn = _nearest(rows, feats)
+        rule = choose_rule(nn)
+        cross_rate = _group(rows, feats, rule)
     per_class, size_table = _class_report(rows)
     pixel_sets = [s for s in _duplicate_sets(rows, "pixel_sha256") if len({rows[i].sha256 for i in s}) > 1]
     summary: dict[str, Any] = {
-        "lungct_version": __version__, "root": str(root), "n_images": len(rows), "n_skipped": len(skipped),
+        "lungct_version": __version__,
+        "root": str(root),
+        "n_images": len(rows),
+        "n_skipped": len(skipped),
         "skipped": [{"path": p, "reason": why} for p, why in skipped],
         "classes": {c: per_class[c]["n"] for c in CLASSES},
-        "duplicates": {"byte": _dup_report(rows, _duplicate_sets(rows, "sha256")),
-                       "pixel": _dup_report(rows, pixel_sets)},
-        "groups": _group_report(rows, feats, threshold, how, cross_nn, same_nn),
-        "per_class": per_class, "size_by_class": size_table,
+        "duplicates": {
+            "byte": _dup_report(rows, _duplicate_sets(rows, "sha256")),
+            "pixel": _dup_report(rows, pixel_sets),
+        },
+        "groups": _group_report(rows, feats[0], rule, nn, cross_rate),
+        "per_class": per_class,
+        "size_by_class": size_table,
         "non_square_by_class": {c: per_class[c].get("non_square", 0) for c in CLASSES},
         "metadata_baseline": metadata_baseline(rows),
     }
     summary["warnings"] = _warnings(summary, size_table)
     summary["seconds"] = round(time.time() - t0, 2)
-    log.info("audit: %d images, %d groups (threshold %.3f), %d skipped", len(rows),
-             summary["groups"]["n_groups"], threshold, len(skipped))
+    log.info(
+        "audit: %d images, %d groups (threshold %.3f), %d skipped",
+        len(rows),
+        summary["groups"]["n_groups"],
+        rule.strict,
+        len(skipped),
+    )
     result = AuditResult(root, rows, skipped, summary)
     if out_dir is not None:
-        write_audit(result, Path(out_dir), cross_nn, same_nn)
+        write_audit(result, Path(out_dir), nn)
     return result
 
 
@@ -395,14 +534,19 @@ def read_manifest(path: Path) -> list[ManifestRow]:
             reader = csv.DictReader(f)
             missing = set(CSV_HEADER) - set(reader.fieldnames or ())
             if missing:
-                raise DataError(f"{path}: not a lungct manifest (missing columns: {', '.join(sorted(missing))})")
+                raise DataError(
+                    f"{path}: not a lungct manifest (missing columns: {', '.join(sorted(missing))})"
+                )
             types = {fl.name: fl.type for fl in fields(ManifestRow)}
             out = []
             for n, d in enumerate(reader, start=2):
                 d["class_name"] = d.pop("class")
                 d["duplicate_of"] = d["duplicate_of"] or None
-                kw = {k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v)
-                      for k, v in d.items() if k in types}
+                kw = {
+                    k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v)
+                    for k, v in d.items()
+                    if k in types
+                }
                 if not 0 <= kw["label"] < len(CLASSES):
                     raise DataError(f"{path}:{n}: label {kw['label']} out of range")
                 out.append(ManifestRow(**kw))
@@ -413,18 +557,17 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     return out
 
 
-def write_audit(result: AuditResult, out_dir: Path, cross_nn: np.ndarray | None = None,
-                same_nn: np.ndarray | None = None) -> None:
+def write_audit(result: AuditResult, out_dir: Path, nn: dict[str, np.ndarray] | None = None) -> None:
     """Write manifest.csv, audit.json, audit.md and two PNG figures (size by class, similarity)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(result.rows, out_dir / "manifest.csv")
     s = result.summary
-    s["figures"] = _figures(s, out_dir, cross_nn, same_nn)
+    s["figures"] = _figures(s, out_dir, nn)
     (out_dir / "audit.json").write_text(json.dumps(s, indent=2), encoding="utf-8")
     (out_dir / "audit.md").write_text(render_markdown(s), encoding="utf-8")
 
 
-def _figures(s: dict[str, Any], out_dir: Path, cross_nn, same_nn) -> list[str]:
+def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -440,15 +583,17 @@ def _figures(s: dict[str, Any], out_dir: Path, cross_nn, same_nn) -> list[str]:
     ax.legend()
     fig.savefig(out_dir / "sizes_by_class.png")
     names = ["sizes_by_class.png"]
-    if cross_nn is not None and same_nn is not None:
+    if nn is not None:
         fig = Figure(figsize=(7, 3.5), dpi=110, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         bins = np.linspace(-0.2, 1.0, 61)
-        for v, lab in ((same_nn, "nearest same-class image"), (cross_nn, "nearest other-class image")):
+        for v, lab in ((nn["same"], "nearest same-class image"), (nn["cross"], "nearest other-class image")):
             ax.hist(np.clip(v[np.isfinite(v)], -0.2, 1.0), bins=bins, alpha=0.6, label=lab)
-        ax.axvline(s["groups"]["threshold"], color="k", ls="--", label=f"threshold {s['groups']['threshold']:.3f}")
-        ax.set(xlabel="similarity", ylabel="images", title="Nearest-neighbour similarity")
+        ax.axvline(
+            s["groups"]["threshold"], color="k", ls="--", label=f"threshold {s['groups']['threshold']:.3f}"
+        )
+        ax.set(xlabel="content similarity", ylabel="images", title="Nearest-neighbour similarity")
         ax.legend(loc="upper left")
         fig.savefig(out_dir / "similarity.png")
         names.append("similarity.png")
@@ -465,61 +610,156 @@ def render_markdown(s: dict[str, Any]) -> str:
     g, b, p, m = s["groups"], s["duplicates"]["byte"], s["duplicates"]["pixel"], s["metadata_baseline"]
     n = s["n_images"]
     cls = ", ".join(f"{c} {k} ({k / n:.1%})" for c, k in s["classes"].items())
-    meta = (f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} (chance "
-            f"{m['chance_balanced_accuracy']:.3f}; majority class {m['majority_class_accuracy']:.3f})"
-            if "accuracy" in m else m.get("skipped", "n/a"))
-    L = [f"# Data audit: {s['root']}", "", f"lungct {s['lungct_version']}; {s['seconds']} s.", "",
-         "## Headline", ""]
-    L += _table(["what", "value"], [
-        ["readable images", n], ["classes", cls], ["skipped files", s["n_skipped"]],
-        ["byte-identical duplicates", f"{b['n_sets']} sets, {b['n_pairs']} pairs, {b['n_redundant_files']} "
-         f"redundant files; {b['n_cross_class_sets']} sets across classes"],
-        ["pixel-identical (different bytes)", f"{p['n_sets']} sets; {p['n_cross_class_sets']} across classes"],
-        ["reconstructed scan groups", f"{g['n_groups']} (" + ", ".join(f"{c} {k}" for c, k in
-                                                                     g["per_class"].items()) + ")"],
-        ["group link threshold", f"{g['threshold']:.3f}: {g['threshold_method']}"],
-        ["label conflicts (groups with >1 class)", len(g["label_conflicts"])],
-        ["non-square images by class", ", ".join(f"{c} {k}" for c, k in s["non_square_by_class"].items())],
-        ["metadata-only baseline (group-wise CV)", meta]])
+    meta = (
+        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} (chance "
+        f"{m['chance_balanced_accuracy']:.3f}; majority class {m['majority_class_accuracy']:.3f})"
+        if "accuracy" in m
+        else m.get("skipped", "n/a")
+    )
+    L = [
+        f"# Data audit: {s['root']}",
+        "",
+        f"lungct {s['lungct_version']}; {s['seconds']} s.",
+        "",
+        "## Headline",
+        "",
+    ]
+    L += _table(
+        ["what", "value"],
+        [
+            ["readable images", n],
+            ["classes", cls],
+            ["skipped files", s["n_skipped"]],
+            [
+                "byte-identical duplicates",
+                f"{b['n_sets']} sets, {b['n_pairs']} pairs, {b['n_redundant_files']} "
+                f"redundant files; {b['n_cross_class_sets']} sets across classes",
+            ],
+            [
+                "pixel-identical (different bytes)",
+                f"{p['n_sets']} sets; {p['n_cross_class_sets']} across classes",
+            ],
+            [
+                "reconstructed scan groups",
+                f"{g['n_groups']} (" + ", ".join(f"{c} {k}" for c, k in g["per_class"].items()) + ")",
+            ],
+            ["group link rule (from the data)", g["threshold_method"]],
+            ["label conflicts (groups with >1 class)", len(g["label_conflicts"])],
+            [
+                "non-square images by class",
+                ", ".join(f"{c} {k}" for c, k in s["non_square_by_class"].items()),
+            ],
+            ["metadata-only baseline (group-wise CV)", meta],
+        ],
+    )
     L += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"] or ["none"]]
     L += ["", "## Image size by class", ""]
     L += _table(["size (WxH)", *CLASSES], [[z, *v.values()] for z, v in s["size_by_class"].items()])
     L += ["", "## Per-class statistics", "", "Intensities are in [0, 1] after decoding.", ""]
-    L += _table(["class", "images", "share", "non-square", "aspect min-max", "file KiB median (min-max)",
-                 "mean intensity (mean)", "intensity std (mean)", "modes"],
-                [[c, d["n"], f"{d['share']:.1%}", d["non_square"], f"{d['aspect']['min']}-{d['aspect']['max']}",
-                  f"{d['bytes']['median'] / 1024:.1f} ({d['bytes']['min'] / 1024:.1f}-{d['bytes']['max'] / 1024:.1f})",
-                  f"{d['mean']['mean']:.3f}", f"{d['std']['mean']:.3f}", d["modes"]]
-                 for c, d in s["per_class"].items() if d["n"]])
-    for title, d in (("Byte-identical duplicate files", b), ("Pixel-identical files with different bytes", p)):
+    L += _table(
+        [
+            "class",
+            "images",
+            "share",
+            "non-square",
+            "aspect min-max",
+            "file KiB median (min-max)",
+            "mean intensity (mean)",
+            "intensity std (mean)",
+            "modes",
+        ],
+        [
+            [
+                c,
+                d["n"],
+                f"{d['share']:.1%}",
+                d["non_square"],
+                f"{d['aspect']['min']}-{d['aspect']['max']}",
+                f"{d['bytes']['median'] / 1024:.1f} ({d['bytes']['min'] / 1024:.1f}-{d['bytes']['max'] / 1024:.1f})",
+                f"{d['mean']['mean']:.3f}",
+                f"{d['std']['mean']:.3f}",
+                d["modes"],
+            ]
+            for c, d in s["per_class"].items()
+            if d["n"]
+        ],
+    )
+    for title, d in (
+        ("Byte-identical duplicate files", b),
+        ("Pixel-identical files with different bytes", p),
+    ):
         L += ["", f"## {title} ({d['n_sets']} sets)", ""]
-        L += _table(["#", "classes", "files"], [[k + 1, ", ".join(x["classes"]) + (" (CROSS-CLASS)" if
-                     x["cross_class"] else ""), "<br>".join(x["paths"])] for k, x in enumerate(d["sets"])]) \
-            if d["sets"] else ["none"]
-    L += ["", "## Reconstructed scan groups", "",
-          "The release has no patient ids; images are grouped by content (" + g["feature"] + "). Images whose "
-          f"similarity exceeds {g['threshold']:.3f} are linked, exact duplicates always are, and groups are "
-          f"the connected components. Threshold: {g['threshold_method']}.", "",
-          f"- groups: {g['n_groups']}; images per group: min {g['size_min']}, median {g['size_median']:g}, "
-          f"mean {g['mean_images_per_group']}, max {g['size_max']}; singletons: {g['n_singletons']}",
-          f"- group size distribution: {g['size_distribution']}",
-          f"- images with a same-class image above the threshold: {g['images_with_near_duplicate']}",
-          f"- nearest other-class similarity percentiles: {g['cross_class_nn_percentiles']}",
-          f"- nearest same-class similarity percentiles: {g['same_class_nn_percentiles']}",
-          "", f"## Label conflicts ({len(g['label_conflicts'])})", ""]
-    L += _table(["group", "images", "classes", "max cross-label similarity", "files"],
-                [[x["group_id"], x["n_images"], x["classes"], x["max_cross_label_similarity"],
-                  "<br>".join(x["paths"])] for x in g["label_conflicts"]]) if g["label_conflicts"] else ["none"]
+        L += (
+            _table(
+                ["#", "classes", "files"],
+                [
+                    [
+                        k + 1,
+                        ", ".join(x["classes"]) + (" (CROSS-CLASS)" if x["cross_class"] else ""),
+                        "<br>".join(x["paths"]),
+                    ]
+                    for k, x in enumerate(d["sets"])
+                ],
+            )
+            if d["sets"]
+            else ["none"]
+        )
+    L += [
+        "",
+        "## Reconstructed scan groups",
+        "",
+        "The release has no patient ids; images are grouped by content (" + g["feature"] + "). Same-size "
+        f"images are linked when {g['threshold_method']}; exact duplicates always are; groups are the "
+        "connected components. Slices of one patient far apart in the body can still fall into different "
+        "groups, so treat the group count as an upper bound on the number of scans.",
+        "",
+        f"- images linked directly to an image of another class: {g['images_linked_across_classes']:.1%}",
+        f"- groups: {g['n_groups']}; images per group: min {g['size_min']}, median {g['size_median']:g}, "
+        f"mean {g['mean_images_per_group']}, max {g['size_max']}; singletons: {g['n_singletons']}",
+        f"- group size distribution: {g['size_distribution']}",
+        f"- images with a same-class image above the threshold: {g['images_with_near_duplicate']}",
+        f"- nearest other-class similarity percentiles: {g['cross_class_nn_percentiles']}",
+        f"- nearest same-class similarity percentiles: {g['same_class_nn_percentiles']}",
+        "",
+        f"## Label conflicts ({len(g['label_conflicts'])})",
+        "",
+    ]
+    L += (
+        _table(
+            ["group", "images", "classes", "max cross-label similarity", "files"],
+            [
+                [
+                    x["group_id"],
+                    x["n_images"],
+                    x["classes"],
+                    x["max_cross_label_similarity"],
+                    "<br>".join(x["paths"]),
+                ]
+                for x in g["label_conflicts"]
+            ],
+        )
+        if g["label_conflicts"]
+        else ["none"]
+    )
     L += ["", "## Metadata-only baseline", ""]
     if "accuracy" in m:
-        L += [f"{m['model']}; {m['cv']}.", "", f"- {meta}",
-              "- recall per class: " + ", ".join(f"{c} {v:.3f}" for c, v in m["recall"].items()),
-              f"- confusion matrix (rows true, columns predicted; {', '.join(m['labels'])}): "
-              f"{m['confusion_matrix']}", f"- feature importance: {m['feature_importance']}"]
+        L += [
+            f"{m['model']}; {m['cv']}.",
+            "",
+            f"- {meta}",
+            "- recall per class: " + ", ".join(f"{c} {v:.3f}" for c, v in m["recall"].items()),
+            f"- confusion matrix (rows true, columns predicted; {', '.join(m['labels'])}): "
+            f"{m['confusion_matrix']}",
+            f"- feature importance: {m['feature_importance']}",
+        ]
     else:
         L.append(meta)
     L += ["", f"## Skipped files ({s['n_skipped']})", ""]
-    L += _table(["file", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]]) if s["skipped"] else ["none"]
+    L += (
+        _table(["file", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]])
+        if s["skipped"]
+        else ["none"]
+    )
     if s.get("figures"):
         L += ["", "## Figures", ""] + [f"![{f}]({f})" for f in s["figures"]]
     return "\n".join(L) + "\n"

@@ -22,14 +22,22 @@ from scipy import ndimage
 from lungct import CLASSES
 from lungct.errors import DataError
 
-KAGGLE_FOLDERS: dict[str, str] = {"normal": "Normal cases", "benign": "Bengin cases", "malignant": "Malignant cases"}
+KAGGLE_FOLDERS: dict[str, str] = {
+    "normal": "Normal cases",
+    "benign": "Bengin cases",
+    "malignant": "Malignant cases",
+}
 """Class -> folder name in the IQ-OTH/NCCD release layout ('Bengin' is the release's own spelling)."""
 
 FILE_STEMS: dict[str, str] = {"normal": "Normal case", "benign": "Bengin case", "malignant": "Malignant case"}
 MASK_FOLDER = "_masks"
 FORMATS: dict[str, tuple[str, str]] = {
-    "png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg"),
-    "bmp": ("BMP", ".bmp"), "tif": ("TIFF", ".tif"), "tiff": ("TIFF", ".tif"),
+    "png": ("PNG", ".png"),
+    "jpg": ("JPEG", ".jpg"),
+    "jpeg": ("JPEG", ".jpg"),
+    "bmp": ("BMP", ".bmp"),
+    "tif": ("TIFF", ".tif"),
+    "tiff": ("TIFF", ".tif"),
 }
 PHANTOM_NOTE = """# Synthetic phantom data
 
@@ -82,8 +90,14 @@ def _random_anatomy(kind: str, rng: np.random.Generator) -> _Anatomy:
     elif kind == "malignant":
         harmonics = tuple(float(rng.uniform(0.05, 0.25)) for _ in range(4)) + tuple(rng.uniform(0, 6.28, 4))
         lesion = (int(rng.integers(2)), *_in_disc(rng, 0.2), float(rng.uniform(0.06, 0.1)), harmonics)
-    return _Anatomy((bx, by, ax, ay), (lungs[0], lungs[1]), float(rng.uniform(0.02, 0.05)),
-                    float(rng.uniform(105, 135)), vessels, lesion)
+    return _Anatomy(
+        (bx, by, ax, ay),
+        (lungs[0], lungs[1]),
+        float(rng.uniform(0.02, 0.05)),
+        float(rng.uniform(105, 135)),
+        vessels,
+        lesion,
+    )
 
 
 def _in_disc(rng: np.random.Generator, radius: float) -> tuple[float, float]:
@@ -95,8 +109,10 @@ def _ellipse(xx: np.ndarray, yy: np.ndarray, e: tuple[float, float, float, float
     return ((xx - e[0]) / e[2]) ** 2 + ((yy - e[1]) / e[3]) ** 2 <= 1.0
 
 
-def _lesion_mask(xx: np.ndarray, yy: np.ndarray, anat: _Anatomy, aspect: float) -> np.ndarray:
-    """Lesion pixels (bool), clipped to its lung. Radii are fractions of the image height."""
+def _lesion_mask(
+    xx: np.ndarray, yy: np.ndarray, anat: _Anatomy, aspect: float, lungs: list[np.ndarray]
+) -> np.ndarray:
+    """Lesion pixels (bool), clipped to its lung mask. Radii are fractions of the image height."""
     if anat.lesion is None:
         return np.zeros(xx.shape, dtype=bool)
     lung_i, ox, oy, radius, harm = anat.lesion
@@ -109,7 +125,7 @@ def _lesion_mask(xx: np.ndarray, yy: np.ndarray, anat: _Anatomy, aspect: float) 
         amps, phases = harm[:4], harm[4:]
         for k, (a, p) in enumerate(zip(amps, phases, strict=True)):
             edge = edge * (1 + a * np.cos((k + 2 if k < 3 else 11) * theta + p) * (0.6 if k < 3 else 1.0))
-    return (rr <= edge) & _ellipse(xx, yy, lung)
+    return (rr <= edge) & lungs[lung_i]
 
 
 def _render(anat: _Anatomy, size: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -122,16 +138,20 @@ def _render(anat: _Anatomy, size: int, width: int, rng: np.random.Generator) -> 
     img[body] = anat.tissue
     couch_top = anat.body[1] + anat.body[3] + anat.couch_gap
     img[(yy >= couch_top) & (yy <= couch_top + 0.035) & (np.abs(xx - 0.5) < 0.46)] = 205.0
-    spine = (((xx - anat.body[0]) * aspect / 0.06) ** 2 + ((yy - anat.body[1] - anat.body[3] * 0.7) / 0.06) ** 2) <= 1
+    spine = (
+        ((xx - anat.body[0]) * aspect / 0.06) ** 2 + ((yy - anat.body[1] - anat.body[3] * 0.7) / 0.06) ** 2
+    ) <= 1
     img[spine & body] = 230.0
-    lungs = [_ellipse(xx, yy, lung) for lung in anat.lungs]
+    bx, by, ax, ay = anat.body
+    inner = _ellipse(xx, yy, (bx, by, ax - 0.04, ay - 0.04))  # lungs stay inside the chest wall
+    lungs = [_ellipse(xx, yy, lung) & inner for lung in anat.lungs]
     for m in lungs:
         img[m] = 28.0
     for lung_i, ox, oy, r in anat.vessels:
         lung = anat.lungs[lung_i]
         v = np.hypot((xx - lung[0] - ox * lung[2]) * aspect, yy - lung[1] - oy * lung[3]) <= r
         img[v & lungs[lung_i]] = 120.0
-    mask = _lesion_mask(xx, yy, anat, aspect)
+    mask = _lesion_mask(xx, yy, anat, aspect, lungs)
     img[mask] = 175.0
     img = ndimage.gaussian_filter(img, sigma=max(size / 256.0, 0.5))
     img += rng.normal(0.0, 3.0, img.shape).astype(np.float32)
@@ -215,7 +235,15 @@ def write_phantom_dataset(
                     mdir = root / MASK_FOLDER / folders[cls]
                     mdir.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(mask.astype(np.uint8) * 255).save(mdir / f"{name}.png")
-    (root / "PHANTOM.md").write_text(PHANTOM_NOTE.format(
-        seed=seed, classes=", ".join(c for c in CLASSES if counts.get(c, 0) > 0),
-        patients=counts, slices=slices_per_patient, size=size, fmt=fmt, masks="yes" if masks else "no"))
+    (root / "PHANTOM.md").write_text(
+        PHANTOM_NOTE.format(
+            seed=seed,
+            classes=", ".join(c for c in CLASSES if counts.get(c, 0) > 0),
+            patients=counts,
+            slices=slices_per_patient,
+            size=size,
+            fmt=fmt,
+            masks="yes" if masks else "no",
+        )
+    )
     return root

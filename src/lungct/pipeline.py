@@ -15,8 +15,10 @@ import torch
 from lungct import CLASSES, __version__
 from lungct.config import TrainConfig, save_config
 from lungct.data import resolve_data_dir
+from lungct.errors import DataError
 from lungct.evaluate import evaluate_rows
 from lungct.metrics import fit_temperature, pick_threshold, softmax
+from lungct.models import get_spec
 from lungct.network import build_network
 from lungct.plots import plot_history
 from lungct.predictor import MALIGNANT, Predictor
@@ -74,6 +76,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     from lungct.audit import run_audit
     from lungct.splits import leakage_report
 
+    get_spec(cfg.model)  # fail fast on an unknown model, before any work
+    root = resolve_data_dir(cfg.data)
     paths = RunPaths(Path(out_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     set_determinism(cfg.seed)
@@ -81,7 +85,6 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     t_start = time.time()
     save_config(cfg, paths.config)
     write_json(paths.root / "environment.json", environment())
-    root = resolve_data_dir(cfg.data)
     audit = run_audit(root, class_map=cfg.class_map, out_dir=paths.audit, progress=progress)
     rows = audit.rows
     assignment = _split_rows(cfg, rows, paths, resume)
@@ -121,6 +124,10 @@ def train_and_evaluate(cfg: TrainConfig, root: Path, rows: list, assignment: lis
     write_json(paths.run_json, run)
     y_all = np.array([r.label for r in rows])
     idx = {s: np.flatnonzero(np.array(assignment) == s) for s in ("train", "val", "test")}
+    empty = [s for s, ix in idx.items() if len(ix) == 0]
+    if empty:
+        raise DataError(f"the {'/'.join(empty)} split is empty: too few scan groups "
+                        f"({len({r.group_id for r in rows})}) for a train/val/test split")
     t_cache = time.time()
     if images is None:
         images = load_images([root / r.path for r in rows], pre, progress=progress)

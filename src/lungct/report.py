@@ -26,8 +26,10 @@ from lungct.runs import RunPaths
 log = logging.getLogger("lungct")
 
 NA = "n/a"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 THUMB_PX = 220
 MAX_THUMBS = 6
+MAX_CONFLICTS = 20
 
 _HEADLINE = (
     ("Accuracy", "accuracy"),
@@ -51,6 +53,16 @@ NOTICE = (
     "Every case must be read by a qualified radiologist."
 )
 _BINARY = (("malignant_vs_rest", "Malignant vs rest"), ("abnormal_vs_normal", "Abnormal vs normal"))
+_LEAKAGE_LABELS = {
+    "test_images_with_group_in_train": "Test images whose scan group (or exact copy) is in train",
+    "test_fraction_with_group_in_train": "Fraction of test images with their scan group in train",
+    "val_images_with_group_in_train": "Validation images whose scan group (or exact copy) is in train",
+    "val_fraction_with_group_in_train": "Fraction of validation images with their scan group in train",
+    "groups_straddling_splits": "Scan groups straddling splits",
+    "straddling_group_ids": "Straddling group ids",
+    "exact_duplicate_sets_across_splits": "Exact-duplicate sets across splits",
+    "leaky": "Leaky split",
+}
 _PLOTS = (
     ("confusion", "Confusion matrix (slices)"),
     ("confusion_cases", "Confusion matrix (scan groups)"),
@@ -61,38 +73,28 @@ _PLOTS = (
 
 CSS = """
 body{font-family:Helvetica,Arial,sans-serif;color:#1a1a1a;max-width:1100px;margin:0 auto;padding:1em 2em;
-line-height:1.4;font-size:14px}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #345;padding-bottom:.2em;margin-top:1.6em}
-h3{margin-bottom:.3em}
-table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;padding:3px 8px;text-align:left;
-vertical-align:top}th{background:#eef2f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.banner{padding:.7em 1em;margin:.5em 0;border-radius:4px;font-weight:bold}
-.banner.synthetic{background:#c62828;color:#fff}.banner.leaky{background:#ef6c00;color:#fff}
-.banner.warning{background:#fff3cd;color:#5a4300;border:1px solid #e0c060;font-weight:normal}
-.banner.notice{background:#e3ecf7;color:#123;border:1px solid #8aa8cc}
-.na{color:#777;font-style:italic}.muted{color:#555;font-size:.9em}
-figure{display:inline-block;margin:.4em 1em .8em 0;vertical-align:top;page-break-inside:avoid}
-figure img{max-width:480px;border:1px solid #ddd}figure.thumb img{max-width:220px}
-figcaption{font-size:.85em;color:#444;max-width:480px}
-pre{background:#f6f6f6;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:.85em;
-white-space:pre-wrap}
-nav a{margin-right:1em}
-@media print{body{max-width:none;font-size:11px}nav{display:none}section{page-break-inside:auto}
-h2{page-break-after:avoid}table,figure{page-break-inside:avoid}
-.banner{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
+line-height:1.4;font-size:14px}h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #345;
+padding-bottom:.2em;margin-top:1.6em}h3{margin-bottom:.3em}table{border-collapse:collapse;margin:.5em 0 1em}
+th,td{border:1px solid #bbb;padding:3px 8px;text-align:left;vertical-align:top}th{background:#eef2f6}td.num{
+text-align:right;font-variant-numeric:tabular-nums}.banner{padding:.7em 1em;margin:.5em 0;border-radius:4px;
+font-weight:bold}.banner.synthetic{background:#c62828;color:#fff}.banner.leaky{background:#ef6c00;
+color:#fff}.banner.warning{background:#fff3cd;color:#5a4300;border:1px solid #e0c060;font-weight:normal}
+.banner.notice{background:#e3ecf7;color:#123;border:1px solid #8aa8cc}.na{color:#777;font-style:italic}
+.muted{color:#555;font-size:.9em}figure{display:inline-block;margin:.4em 1em .8em 0;vertical-align:top;
+page-break-inside:avoid}figure img{max-width:480px;border:1px solid #ddd}figure.thumb img{max-width:220px}
+figure.wide img{max-width:100%}
+figcaption{font-size:.85em;color:#444;max-width:480px}pre{background:#f6f6f6;border:1px solid #ddd;
+padding:.6em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}nav a{margin-right:1em}@media print{body{
+max-width:none;font-size:11px}nav{display:none}section{page-break-inside:auto}h2{page-break-after:avoid}
+table,figure{page-break-inside:avoid}.banner{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-class Raw(str):
-    """A table cell or fragment that is already HTML (not escaped again)."""
-
-
 def esc(value: Any) -> str:
-    """HTML-escape ``value`` unless it is :class:`Raw`."""
-    return value if isinstance(value, Raw) else html.escape(str(value))
+    return html.escape(str(value))
 
 
 def _finite(x: Any) -> float | None:
@@ -160,8 +162,13 @@ def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], numeric_from: i
 
 
 def kv_table(pairs: Iterable[tuple[str, Any]]) -> str:
-    rows = [(k, v if isinstance(v, Raw) else fmt_value(v)) for k, v in pairs]
+    rows = [(k, fmt_value(v)) for k, v in pairs]
     return table(["Item", "Value"], rows, numeric_from=2) if rows else na()
+
+
+def blocks(*items: tuple[str, str]) -> str:
+    """``(sub-heading, html)`` pairs as ``<h3>`` blocks."""
+    return "\n".join(f"<h3>{esc(title)}</h3>\n{body}" for title, body in items)
 
 
 def section(anchor: str, title: str, body: str) -> str:
@@ -193,7 +200,7 @@ def png_data_uri(path: Path, max_px: int | None = None) -> str | None:
     """``data:image/png;base64,…`` for an image file (re-encoded as a thumbnail when ``max_px``)."""
     if not path.is_file():
         return None
-    if max_px is None and path.suffix.lower() == ".png":
+    if max_px is None and path.read_bytes()[:8] == PNG_SIGNATURE:
         return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
     from PIL import Image, UnidentifiedImageError
 
@@ -210,11 +217,11 @@ def png_data_uri(path: Path, max_px: int | None = None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def figure(path: Path, caption: str, thumb: bool = False) -> str:
+def figure(path: Path, caption: str, thumb: bool = False, wide: bool = False) -> str:
     uri = png_data_uri(path, THUMB_PX if thumb else None)
     if uri is None:
         return na(f"{caption}: not available")
-    cls = ' class="thumb"' if thumb else ""
+    cls = ' class="thumb"' if thumb else ' class="wide"' if wide else ""
     return (
         f'<figure{cls}><img src="{uri}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
     )
@@ -236,7 +243,9 @@ def banners(run: dict[str, Any]) -> str:
 
 
 def _ci(metrics: dict[str, Any], dotted: str) -> str:
-    return fmt_ci(get(metrics, dotted), get(metrics, "ci95", {}).get(dotted))
+    """The value at ``dotted`` with its ``ci95`` interval when one was recorded."""
+    ci = get(metrics, "ci95")
+    return fmt_ci(get(metrics, dotted), ci.get(dotted) if isinstance(ci, dict) else None)
 
 
 def headline_table(test: dict[str, Any] | None) -> str:
@@ -250,13 +259,8 @@ def headline_table(test: dict[str, Any] | None) -> str:
         f"Scan groups (n={fmt_value(case.get('n'))}, {agg} of slices)",
     ]
     rows = [(label, _ci(test, key), _ci(case, key) if case else NA) for label, key in _HEADLINE]
-    method = test.get("ci95_method")
-    note = (
-        f'<p class="muted">Intervals: {esc(method)}.</p>'
-        if method
-        else na("no confidence intervals recorded")
-    )
-    return table(headers, rows) + note
+    method = test.get("ci95_method") or "none recorded"
+    return table(headers, rows) + f'<p class="muted">Intervals: {esc(method)}.</p>'
 
 
 def operating_point(run: dict[str, Any], test: dict[str, Any] | None) -> str:
@@ -266,8 +270,8 @@ def operating_point(run: dict[str, Any], test: dict[str, Any] | None) -> str:
     pairs = [
         ("Malignant threshold on calibrated p(malignant)", fmt(thr)),
         ("Chosen on validation for target sensitivity", fmt(cal.get("target_sensitivity"))),
-        ("Test sensitivity at this threshold", Raw(esc(_ci(test or {}, "malignant_vs_rest.sensitivity")))),
-        ("Test specificity at this threshold", Raw(esc(_ci(test or {}, "malignant_vs_rest.specificity")))),
+        ("Test sensitivity at this threshold", _ci(test or {}, "malignant_vs_rest.sensitivity")),
+        ("Test specificity at this threshold", _ci(test or {}, "malignant_vs_rest.specificity")),
     ]
     return kv_table(pairs)
 
@@ -282,27 +286,22 @@ def summary_section(run: dict[str, Any], test: dict[str, Any] | None) -> str:
         f"{k}: {get(split, k + '.images', NA)} images / {get(split, k + '.groups', NA)} groups"
         for k in ("train", "val", "test")
     )
+    size = get(run, "preprocess.size", spec.get("input_size", NA))
+    model = f"{run.get('model', NA)} ({spec.get('family', NA)}; images resized to {size} px)"
+    per_class = ", ".join(f"{c} {fmt_value(classes.get(c))}" for c in CLASSES)
     pairs = [
-        (
-            "Model",
-            f"{run.get('model', NA)} ({spec.get('family', NA)}, input {spec.get('input_size', NA)} px)",
-        ),
+        ("Model", model),
         ("Pretrained weights", f"{pre.get('source') or 'none'} (requested: {pre.get('requested', NA)})"),
         (
-            "Data",
-            f"{fmt_value(data.get('n_images'))} images — "
-            + ", ".join(f"{c} {fmt_value(classes.get(c))}" for c in CLASSES)
-            + f"; {fmt_value(data.get('skipped_files'))} unreadable files skipped",
+            "Images",
+            f"{fmt_value(data.get('n_images'))} ({per_class}); {data.get('skipped_files', NA)} skipped",
         ),
         ("Split mode", run.get("split_mode", NA)),
         ("Split", split_txt),
     ]
-    return (
-        kv_table(pairs)
-        + "<h3>Test metrics</h3>"
-        + headline_table(test)
-        + "<h3>Malignant operating point</h3>"
-        + operating_point(run, test)
+    ops = operating_point(run, test)
+    return kv_table(pairs) + blocks(
+        ("Test metrics", headline_table(test)), ("Malignant operating point", ops)
     )
 
 
@@ -326,47 +325,90 @@ def _leaf_rows(d: Any, prefix: str = "", limit: int = 60) -> list[tuple[str, Any
     return out[:limit]
 
 
-def _by_class_table(d: Any) -> str | None:
-    """``{class: {stat: value}}`` (or ``{stat: {class: value}}``) as a table; None for other shapes."""
-    if not isinstance(d, dict) or not d or not all(isinstance(v, dict) for v in d.values()):
-        return None
-    cols: list[str] = []
-    for v in d.values():
-        cols += [k for k in v if k not in cols]
-    rows = [(k, *[fmt_value(v.get(c)) for c in cols]) for k, v in d.items()]
-    return table(["", *cols], rows)
+def _baseline_text(mb: Any) -> str:
+    if not isinstance(mb, dict) or "balanced_accuracy" not in mb:
+        return fmt_value(get(mb, "skipped"))
+    return (
+        f"balanced accuracy {fmt(mb.get('balanced_accuracy'))}, accuracy {fmt(mb.get('accuracy'))} "
+        f"(chance {fmt(mb.get('chance_balanced_accuracy'))}, majority class "
+        f"{fmt(mb.get('majority_class_accuracy'))})"
+    ) + "".join(f"; {mb[k]}" for k in ("model", "cv") if mb.get(k))
 
 
-def audit_section(paths: RunPaths, run: dict[str, Any]) -> str:
-    audit = read_optional_json(paths.audit / "audit.json")
+def _fill(template: str, d: Any, *keys: str) -> str:
+    """``template.format`` with the formatted values of ``d[key]`` (``n/a`` where missing)."""
+    return template.format(*[fmt_value(get(d, k)) for k in keys])
+
+
+def _n_conflicts(audit: Any) -> int | None:
+    conflicts = get(audit, "groups.label_conflicts")
+    return len(conflicts) if isinstance(conflicts, list) else None
+
+
+def audit_headline(a: dict[str, Any]) -> str:
+    """The audit's headline numbers (audit.json as written by :mod:`lungct.audit`)."""
+    byte, pixel, g = get(a, "duplicates.byte", {}), get(a, "duplicates.pixel", {}), a.get("groups") or {}
+    pairs = [
+        ("Readable images", a.get("n_images")),
+        ("Images per class", a.get("classes")),
+        ("Unreadable files skipped", a.get("n_skipped")),
+        (
+            "Byte-identical duplicates",
+            _fill(
+                "{} sets, {} redundant files, {} sets across classes",
+                byte,
+                "n_sets",
+                "n_redundant_files",
+                "n_cross_class_sets",
+            ),
+        ),
+        (
+            "Pixel-identical, different bytes",
+            _fill("{} sets, {} across classes", pixel, "n_sets", "n_cross_class_sets"),
+        ),
+        ("Reconstructed scan groups", f"{fmt_value(g.get('n_groups'))} ({fmt_value(g.get('per_class'))})"),
+        ("Group link threshold", f"{fmt(g.get('threshold'))} ({g.get('threshold_method', NA)})"),
+        ("Label conflicts (groups holding more than one class)", _n_conflicts(a)),
+        ("Non-square images by class", a.get("non_square_by_class")),
+        ("Metadata-only baseline (no pixels)", _baseline_text(a.get("metadata_baseline"))),
+    ]
+    return kv_table(pairs)
+
+
+def audit_details(a: dict[str, Any], audit_dir: Path) -> str:
     parts = []
-    if not isinstance(audit, dict):
-        parts.append(na("data audit not available (audit/audit.json missing)"))
-    else:
-        scalars = [(k, v) for k, v in audit.items() if not isinstance(v, dict | list)]
-        scalars += [
-            (k, f"{len(v)} entries") for k, v in audit.items() if isinstance(v, list) and k != "warnings"
-        ]
-        parts.append("<h3>Audit headline</h3>" + kv_table(scalars))
-        for key, value in audit.items():
-            if isinstance(value, dict):
-                tbl = _by_class_table(value) or kv_table(_leaf_rows(value))
-                parts.append(f"<h3>{esc(key.replace('_', ' ').capitalize())}</h3>{tbl}")
-        warns = audit.get("warnings") or []
-        if warns:
-            parts.append(
-                "<h3>Audit warnings</h3><ul>" + "".join(f"<li>{esc(w)}</li>" for w in warns) + "</ul>"
-            )
-        for png in sorted(paths.audit.glob("*.png")):
-            parts.append(figure(png, f"Audit: {png.stem.replace('_', ' ')}"))
-    leakage = run.get("leakage") or read_optional_json(paths.root / "leakage.json")
-    parts.append("<h3>Leakage between splits</h3>")
-    parts.append(
-        kv_table(_leaf_rows(leakage))
-        if isinstance(leakage, dict) and leakage
-        else na("leakage report not available")
-    )
+    warns = a.get("warnings") or []
+    if warns:
+        parts.append("<h3>Audit warnings</h3><ul>" + "".join(f"<li>{esc(w)}</li>" for w in warns) + "</ul>")
+    sizes = a.get("size_by_class")
+    if isinstance(sizes, dict) and sizes:
+        rows = [(z, *[fmt_value(get(v, c)) for c in CLASSES]) for z, v in sizes.items()]
+        parts.append("<h3>Image size by class</h3>" + table(["Size (W×H)", *CLASSES], rows))
+    conflicts = get(a, "groups.label_conflicts") or []
+    if isinstance(conflicts, list) and conflicts:
+        keys = ("group_id", "n_images", "classes", "max_cross_label_similarity")
+        rows = [[fmt_value(get(c, k)) for k in keys] for c in conflicts[:MAX_CONFLICTS]]
+        more = len(conflicts) - MAX_CONFLICTS
+        parts.append(
+            f"<h3>Label conflicts ({len(conflicts)})</h3>"
+            + table(["Group", "Images", "Classes", "Max cross-label similarity"], rows)
+            + (f'<p class="muted">{more} more in audit/audit.md.</p>' if more > 0 else "")
+        )
+    names = a.get("figures") if isinstance(a.get("figures"), list) else None
+    pngs = [audit_dir / Path(str(n)).name for n in names] if names else sorted(audit_dir.glob("*.png"))
+    parts += [figure(p, f"Audit: {p.stem.replace('_', ' ')}") for p in pngs]
     return "\n".join(parts)
+
+
+def audit_section(paths: RunPaths, run: dict[str, Any], audit: dict[str, Any] | None) -> str:
+    if audit is None:
+        head = na("data audit not available (audit/audit.json missing)")
+    else:
+        head = audit_headline(audit) + audit_details(audit, paths.audit)
+    leakage = run.get("leakage") or read_optional_json(paths.root / "leakage.json")
+    rows = [(_LEAKAGE_LABELS.get(k, k), v) for k, v in _leaf_rows(leakage)]
+    leak = kv_table(rows) if rows else na()
+    return blocks(("Audit headline", head), ("Leakage between splits", leak))
 
 
 def per_class_table(m: dict[str, Any]) -> str:
@@ -391,12 +433,8 @@ def binary_table(m: dict[str, Any]) -> str:
 
 
 def confusion_table(cm: Any) -> str:
-    ok = (
-        isinstance(cm, list)
-        and len(cm) == len(CLASSES)
-        and all(isinstance(r, list) and len(r) == len(CLASSES) for r in cm)
-    )
-    if not ok:
+    n = len(CLASSES)
+    if not (isinstance(cm, list) and len(cm) == n and all(isinstance(r, list) and len(r) == n for r in cm)):
         return na("confusion matrix not available")
     return table(
         ["true \\ predicted", *CLASSES], [(c, *map(fmt_value, r)) for c, r in zip(CLASSES, cm, strict=True)]
@@ -423,37 +461,27 @@ def calibration_table(run: dict[str, Any], m: dict[str, Any]) -> str:
 
 def plots_html(eval_dir: Path, m: dict[str, Any]) -> str:
     names = m.get("plots") or {}
-    return "".join(figure(eval_dir / str(names.get(key, f"{key}.png")), caption) for key, caption in _PLOTS)
+    return "".join(
+        figure(eval_dir / Path(str(names.get(key, f"{key}.png"))).name, caption) for key, caption in _PLOTS
+    )
 
 
 def metrics_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] | None) -> str:
     if not test:
         return na("test metrics not available (eval/test/metrics.json missing)")
     case = test.get("case_level") or {}
-    parts = [
-        "<h3>Per class (slices)</h3>",
-        per_class_table(test),
-        "<h3>Binary views (slices)</h3>",
-        binary_table(test),
-        "<h3>Confusion matrix (slices; rows = true class)</h3>",
-        confusion_table(test.get("confusion_matrix")),
-    ]
-    if case:
-        parts += [
-            f"<h3>Per class (scan groups, {esc(case.get('aggregation', '?'))} of slices)</h3>",
-            per_class_table(case),
-            "<h3>Confusion matrix (scan groups)</h3>",
-            confusion_table(case.get("confusion_matrix")),
-        ]
-    parts += [
-        "<h3>Calibration</h3>",
-        calibration_table(run, test),
-        "<h3>Plots</h3>",
-        plots_html(paths.eval_dir("test"), test),
-    ]
+    agg = case.get("aggregation", "?")
     n_pred = len(read_csv_rows(paths.eval_dir("test") / "predictions.csv"))
-    parts.append(f'<p class="muted">Per-slice predictions: eval/test/predictions.csv ({n_pred} rows).</p>')
-    return "\n".join(parts)
+    note = f'<p class="muted">Per-slice predictions: eval/test/predictions.csv ({n_pred} rows).</p>'
+    return blocks(
+        ("Per class (slices)", per_class_table(test)),
+        ("Binary views (slices)", binary_table(test)),
+        ("Confusion matrix (slices; rows = true class)", confusion_table(test.get("confusion_matrix"))),
+        (f"Per class (scan groups, {agg} of slices)", per_class_table(case) if case else na()),
+        ("Confusion matrix (scan groups)", confusion_table(case.get("confusion_matrix"))),
+        ("Calibration", calibration_table(run, test)),
+        ("Plots", plots_html(paths.eval_dir("test"), test) + note),
+    )
 
 
 def external_section(paths: RunPaths) -> str:
@@ -469,6 +497,11 @@ def external_section(paths: RunPaths) -> str:
     return table(["Metric (95% CI)", *[name for name, _ in found]], rows)
 
 
+def _seconds(x: Any) -> str:
+    value = _finite(x)
+    return NA if value is None else f"{value:.1f} s"
+
+
 def training_section(paths: RunPaths, run: dict[str, Any]) -> str:
     tr = run.get("training") or {}
     pre = run.get("preprocess") or {}
@@ -476,15 +509,15 @@ def training_section(paths: RunPaths, run: dict[str, Any]) -> str:
         ("Epochs run", tr.get("epochs_run")),
         ("Best epoch", tr.get("best_epoch")),
         ("CPU threads", tr.get("threads")),
-        ("Image caching (s)", tr.get("cache_seconds")),
-        ("Fitting (s)", tr.get("fit_seconds")),
-        ("Total (s)", tr.get("total_seconds")),
+        ("Image caching", _seconds(tr.get("cache_seconds"))),
+        ("Fitting", _seconds(tr.get("fit_seconds"))),
+        ("Total", _seconds(tr.get("total_seconds"))),
         ("Peak memory (MB)", tr.get("peak_rss_mb")),
         ("Preprocessing", pre or None),
     ]
     parts = [
         kv_table(pairs) if tr else na("training summary not available"),
-        figure(paths.root / "history.png", "Training history"),
+        figure(paths.root / "history.png", "Training history", wide=True),
     ]
     return "\n".join(parts)
 
@@ -515,10 +548,10 @@ def explain_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
 
 def model_card(run: dict[str, Any], audit: dict[str, Any] | None) -> str:
     spec = run.get("model_spec") or {}
-    conflicts = next(
-        (v for k, v in (audit or {}).items() if "conflict" in k and not isinstance(v, dict)), None
-    )
-    conflict_txt = f" (this run's audit: {fmt_value(conflicts)})" if conflicts is not None else ""
+    conflicts = _n_conflicts(audit)
+    conflict_txt = f" (the audit found {conflicts} mixed-class scan groups)" if conflicts is not None else ""
+    phantoms = "<p><b>This run was trained on synthetic phantoms, not on the data set below.</b></p>"
+    synthetic = phantoms if run.get("synthetic") is True else ""
     return f"""
 <h3>Model</h3><p>{esc(run.get("model", NA))}: {esc(spec.get("description") or NA)}.
 Weights licence: {esc(spec.get("licence") or NA)};
@@ -526,10 +559,10 @@ ImageNet source: {esc(spec.get("imagenet_source") or NA)}.</p>
 <h3>Intended use</h3><p>Research and clinical decision support only: a second reader that flags
 axial chest CT slices as normal, benign or malignant. It is not a standalone diagnostic; a radiologist
 reads every case and makes every decision.</p>
-<h3>Training data</h3><p>IQ-OTH/NCCD lung cancer dataset, collected at the Iraq-Oncology Teaching Hospital /
-National Center for Cancer Diseases in fall 2019 on a SOMATOM Siemens scanner and released as 8-bit JPEG
-slices; 110 cases in the full release. Alyasriy H., AL-Huseiny M. (2021), <i>The IQ-OTH/NCCD lung cancer
-dataset</i>, Mendeley Data, V2, doi:10.17632/bhmdr45bh2.2, licence CC BY 4.0.</p>
+<h3>Training data</h3>{synthetic}<p>IQ-OTH/NCCD lung cancer dataset, collected at the Iraq-Oncology
+Teaching Hospital / National Center for Cancer Diseases in fall 2019 on a SOMATOM Siemens scanner and
+released as 8-bit JPEG slices; 110 cases in the full release. Alyasriy H., AL-Huseiny M. (2021), <i>The
+IQ-OTH/NCCD lung cancer dataset</i>, Mendeley Data, V2, doi:10.17632/bhmdr45bh2.2, licence CC BY 4.0.</p>
 <h3>Limitations</h3><ul>
 <li>Single centre and single scanner; performance elsewhere is unknown until validated externally.</li>
 <li>Few patients, benign ones especially; confidence intervals are wide.</li>
@@ -556,18 +589,16 @@ def reproducibility_section(paths: RunPaths, run: dict[str, Any]) -> str:
         ("Platform", env.get("platform")),
         ("Torch threads", env.get("torch_threads")),
     ]
-    parts = ["<h3>Environment</h3>", kv_table(pairs)]
-    packages = env.get("packages") or {}
-    if packages:
-        parts.append(
-            table(["Package", "Version"], [(k, v or "not installed") for k, v in packages.items()], 2)
-        )
-    parts.append("<h3>Configuration (config.yaml)</h3>")
-    if paths.config.is_file():
-        parts.append(f"<pre>{esc(paths.config.read_text(encoding='utf-8'))}</pre>")
-    else:
-        parts.append(na("config.yaml not available"))
-    return "\n".join(parts)
+    packages = [(k, v or "not installed") for k, v in (env.get("packages") or {}).items()]
+    config = paths.config.read_text(encoding="utf-8") if paths.config.is_file() else None
+    return blocks(
+        ("Environment", kv_table(pairs)),
+        ("Package versions", table(["Package", "Version"], packages, 2) if packages else na()),
+        (
+            "Configuration (config.yaml)",
+            f"<pre>{esc(config)}</pre>" if config else na("config.yaml not available"),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- assembly
@@ -595,14 +626,15 @@ def render_report(run_dir: str | Path) -> str:
     test = read_optional_json(paths.eval_dir("test") / "metrics.json")
     test = test if isinstance(test, dict) else None
     audit = read_optional_json(paths.audit / "audit.json")
+    audit = audit if isinstance(audit, dict) else None
     sections = [
         ("summary", "Summary", summary_section(run, test)),
-        ("data", "Data and audit", audit_section(paths, run)),
+        ("data", "Data and audit", audit_section(paths, run, audit)),
         ("metrics", "Test metrics", metrics_section(paths, run, test)),
         ("external", "External validation", external_section(paths)),
         ("training", "Training", training_section(paths, run)),
         ("explain", "Explainability (Grad-CAM)", explain_section(paths, run, test)),
-        ("model-card", "Model card", model_card(run, audit if isinstance(audit, dict) else None)),
+        ("model-card", "Model card", model_card(run, audit)),
         ("reproducibility", "Reproducibility", reproducibility_section(paths, run)),
     ]
     title = f"lungct report — {run.get('run_id') or paths.root.name}"

@@ -1,0 +1,200 @@
+"""Out-of-distribution guard: is this upload plausibly an axial chest CT slice?
+
+The model was trained on axial chest CT slices only; anything else (photographs, chest X-rays,
+blank or constant images, noise, documents, other body parts) gets no diagnosis. The guard is a few
+image statistics with fixed thresholds, checked in order; the first failing check is the reason.
+
+For ordinary images (JPEG/PNG/...) on a grey copy downsampled to at most 128 px:
+
+1. ``colour_fraction`` - share of pixels with visible colour in the upload as sent (CT is grey).
+2. ``dynamic_range`` - 1st..99th percentile spread (blank / constant images have none).
+3. ``bimodality`` - Otsu's between-class share of the variance after smoothing: a CT slice is
+   dark air/lung plus bright tissue; noise and most photographs are not that two-toned.
+4. ``body_fraction`` - the largest bright region with its holes filled: a body of plausible size.
+5. ``border_contact`` - share of the image rim covered by that body: an axial slice is surrounded by
+   air, whereas a frontal chest X-ray or a document page runs off the image edges.
+6. ``lung_fraction`` - dark regions enclosed by the body (the lungs), as a share of the body.
+7. ``lung_contrast`` - lung brightness between outside air (0) and body tissue (1): on CT both lungs
+   and outside air are air-dark; on a radiograph the lung fields are grey.
+
+DICOM uploads carry calibrated Hounsfield units and their own header, so they are checked by
+Modality (must be CT), ImageType (no localiser/scout), orientation (axial) and HU content (some
+lung-density and some soft-tissue pixels) instead of the geometric checks above, which would
+reject a tightly cropped field of view.
+
+Flag rates on generated and real sets are measured by ``benchmarks/bench_ood.py``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+WORK_SIDE = 128
+"""Statistics are computed on a copy with the longer side at most this many px."""
+
+THRESHOLDS: dict[str, tuple[float, float]] = {
+    "colour_fraction": (-1.0, 0.02),
+    "dynamic_range": (0.08, 2.0),
+    "border_contact": (-1.0, 0.2),
+    "body_fraction": (0.1, 0.8),
+    "lung_fraction": (0.03, 0.9),
+    "tissue_thickness": (4.5, 1e9),
+    "lung_contrast": (-1.0, 0.45),
+}
+"""Accepted (low, high) interval per image statistic; outside it the image is flagged."""
+
+REASONS: dict[str, str] = {
+    "colour_fraction": "colour image (CT slices are greyscale)",
+    "dynamic_range": "blank or constant image",
+    "body_fraction": "no body outline of plausible size",
+    "border_contact": "body runs off the image edges (not an axial slice: X-ray, photo or document?)",
+    "lung_fraction": "no dark lung fields inside the body",
+    "tissue_thickness": "only thin bright strokes, no solid tissue (text or line drawing?)",
+    "lung_contrast": "lung fields are not air-dark (a radiograph rather than a CT slice?)",
+}
+
+MIN_PART = 0.002
+"""Bright parts smaller than this share of the image (specks, text marks) do not shape the body."""
+
+THICK_PX = 3.0
+"""Lung fields are dark pixels at least this far (px at WORK_SIDE) from any bright pixel."""
+
+BODY_LEVEL = 0.5
+"""Body = brighter than this fraction of Otsu's threshold (CT fat can be dark in a soft-tissue window)."""
+
+HU_LUNG = (-950.0, -400.0)
+HU_TISSUE = (-150.0, 400.0)
+DICOM_MIN_FRACTION = {"lung": 0.03, "tissue": 0.05}
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """Guard verdict. ``checks`` holds the measured statistics (floats, for transparency)."""
+
+    flagged: bool
+    reason: str | None
+    checks: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flagged": self.flagged, "reason": self.reason,
+                "checks": {k: round(float(v), 4) for k, v in self.checks.items()}}
+
+
+def colour_fraction(data: bytes) -> float:
+    """Share of pixels whose max-min RGB spread exceeds 8 % of full scale; 0.0 for grey images.
+
+    ``data`` must already have passed :func:`lungct.imaging.decode_bytes` (size-checked).
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("L", "I", "F", "1", "I;16", "I;16B", "I;16L", "LA"):
+            return 0.0
+        im.draft("RGB", (WORK_SIDE * 2, WORK_SIDE * 2))  # JPEG: decode at reduced scale
+        rgb = np.asarray(im.convert("RGB").reduce(max(1, max(im.size) // (WORK_SIDE * 2))), np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float(np.mean(spread > 20))
+
+
+def _resize(img: np.ndarray) -> np.ndarray:
+    """Grey image -> float32 copy with its longer side exactly WORK_SIDE px (area-averaged)."""
+    h, w = img.shape
+    scale = WORK_SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    im = Image.fromarray(np.asarray(img, np.float32), mode="F")
+    return np.asarray(im.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR))
+
+
+def _otsu(x: np.ndarray) -> float:
+    """Otsu's threshold for values in [0, 1]."""
+    hist, edges = np.histogram(x, bins=128, range=(0.0, 1.0))
+    p = hist / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    omega, mu = np.cumsum(p), np.cumsum(p * centres)
+    sigma_b = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+    return float(edges[int(np.argmax(sigma_b[:-1])) + 1])
+
+
+def _hull_mask(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull of the True pixels of a bool (H, W) mask (all False when degenerate)."""
+    pts = np.argwhere(mask)
+    try:
+        hull = Delaunay(pts[ConvexHull(pts).vertices])
+    except (QhullError, ValueError, IndexError):
+        return np.zeros_like(mask)
+    grid = np.indices(mask.shape).reshape(2, -1).T
+    return (hull.find_simplex(grid) >= 0).reshape(mask.shape)
+
+
+def image_statistics(img: np.ndarray) -> dict[str, float]:
+    """The intensity/shape statistics of one grey image float32 (H, W) in [0, 1] (see module doc)."""
+    small = _resize(img)
+    lo, hi = np.percentile(small, [1, 99])
+    stats = {"dynamic_range": float(hi - lo)}
+    if hi - lo < THRESHOLDS["dynamic_range"][0]:
+        return stats
+    x = ndimage.gaussian_filter(np.clip((small - lo) / (hi - lo), 0, 1), 1.0)
+    bright = x > max(BODY_LEVEL * _otsu(x), 0.04)
+    rim = np.ones_like(bright)
+    rim[1:-1, 1:-1] = False
+    stats["border_contact"] = float(bright[rim].mean())
+    labels, n = ndimage.label(bright)
+    sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, n + 1))
+    body = _hull_mask(np.isin(labels, np.flatnonzero(sizes >= MIN_PART * x.size) + 1))
+    stats["body_fraction"] = float(body.mean())
+    if not body.any() or body.all():
+        return stats
+    thick_dark = body & (ndimage.distance_transform_edt(~bright) >= THICK_PX)
+    stats["lung_fraction"] = float(thick_dark.sum() / body.sum())
+    stats["tissue_thickness"] = float(ndimage.distance_transform_edt(bright).max())
+    if thick_dark.any():
+        air, tissue = float(np.median(x[~body])), float(np.median(x[bright & body]))
+        stats["lung_contrast"] = (float(np.median(x[thick_dark])) - air) / max(tissue - air, 1e-3)
+    return stats
+
+
+def _verdict(checks: dict[str, float]) -> OODResult:
+    for key, (low, high) in THRESHOLDS.items():
+        if key in checks and not low <= checks[key] <= high:
+            return OODResult(True, REASONS[key], checks)
+    missing = [k for k in ("body_fraction", "lung_fraction", "lung_contrast") if k not in checks]
+    if missing:
+        return OODResult(True, REASONS["lung_fraction" if "body_fraction" in checks else "body_fraction"],
+                         checks)
+    return OODResult(False, None, checks)
+
+
+def check_image(data: bytes, img: np.ndarray) -> OODResult:
+    """Guard an ordinary (non-DICOM) upload: raw bytes for colour, decoded grey (H, W) [0, 1] image."""
+    checks = {"colour_fraction": colour_fraction(data)}
+    if checks["colour_fraction"] > THRESHOLDS["colour_fraction"][1]:
+        return OODResult(True, REASONS["colour_fraction"], checks)
+    return _verdict({**checks, **image_statistics(img)})
+
+
+def check_dicom(hu: np.ndarray, modality: str | None, axial: bool | None, localizer: bool,
+                colour: bool = False) -> OODResult:
+    """Guard a DICOM slice from its HU image float32 (H, W) and a few header facts."""
+    checks = {
+        "lung_density_fraction": float(np.mean((hu >= HU_LUNG[0]) & (hu <= HU_LUNG[1]))),
+        "soft_tissue_fraction": float(np.mean((hu >= HU_TISSUE[0]) & (hu <= HU_TISSUE[1]))),
+    }
+    if colour:
+        return OODResult(True, REASONS["colour_fraction"], checks)
+    if (modality or "").upper() != "CT":
+        return OODResult(True, f"DICOM modality {modality or 'missing'} is not CT", checks)
+    if localizer:
+        return OODResult(True, "CT localiser/scout image, not an axial slice", checks)
+    if axial is False:
+        return OODResult(True, "not an axial slice (sagittal/coronal/oblique orientation)", checks)
+    if checks["lung_density_fraction"] < DICOM_MIN_FRACTION["lung"]:
+        return OODResult(True, "no lung-density (-950..-400 HU) tissue: not a chest slice at lung level",
+                         checks)
+    if checks["soft_tissue_fraction"] < DICOM_MIN_FRACTION["tissue"]:
+        return OODResult(True, "almost no soft tissue (-150..400 HU): not a body CT slice", checks)
+    return OODResult(False, None, checks)
