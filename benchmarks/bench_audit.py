@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"run {k + 1}: {wall:.2f} s wall for {s['n_images']} images ({s['n_skipped']} skipped); "
             f"{g['n_groups']} groups {g['per_class']}; threshold {g['threshold']:.3f}; "
-            f"{len(g['label_conflicts'])} label conflicts; {s['duplicates']['byte']['n_sets']} byte-duplicate sets; "
+            f"{len(g['label_conflicts'])} label conflicts; "
+            f"{s['duplicates']['byte']['n_sets']} byte-duplicate sets; "
             f"metadata baseline balanced accuracy {s['metadata_baseline'].get('balanced_accuracy')}"
         )
     return 0

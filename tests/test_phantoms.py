@@ -41,7 +41,7 @@ def test_width_gives_non_square_image():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_lesion_mask_inside_body_and_lung(seed):
-    normal_img, normal_mask = make_phantom("normal", 128, seed)
+    _, normal_mask = make_phantom("normal", 128, seed)
     assert not normal_mask.any()
     for kind in ("benign", "malignant"):
         img, mask = make_phantom(kind, 128, seed)

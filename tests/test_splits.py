@@ -153,3 +153,20 @@ def test_split_csv_round_trip_and_errors(tmp_path):
         write_split(tmp_path / "x.csv", rows, a[:-1])
     with pytest.raises(DataError, match="entries"):
         leakage_report(rows, a[:-1])
+
+
+def test_grouped_split_few_equal_groups_fill_every_split():
+    rows = []
+    for label, c in enumerate(CLASSES):
+        for g in range(4):
+            for k in range(3):
+                key = f"{label}{g}{k}"
+                rows.append(
+                    ManifestRow(f"{c}/{key}.png", label, c, f"s{key}", f"p{key}", 8, 8, "L", 9, 0.1, 0.1)
+                )
+                rows[-1].group_id = f"{c}-{g}"
+    for seed in range(3):
+        a = grouped_split(rows, fractions=(1 - 0.15 - 0.15, 0.15, 0.15), seed=seed)
+        for split in SPLIT_NAMES:
+            assert {r.label for r, s in zip(rows, a, strict=True) if s == split} == {0, 1, 2}
+        assert a.count("train") == 18 and _units_straddle(rows, a) == 0

@@ -12,6 +12,9 @@ byte-identical duplicate files, so images are grouped by *content*:
   as a "different patient" reference. Two images are linked when their content similarity exceeds the
   99th percentile of that reference (clipped to [0.5, 0.95]: above 0.95 is a near-copy, always linked),
   or when content exceeds the 95th and silhouette similarity the 95th percentile of theirs;
+* images of *different* classes are linked only as near-copies (content > max(threshold, 0.9)): a
+  percentile rule lets about 1 % of images through by construction, and shared couch and body shape
+  make different patients look alike, so weaker evidence would report label conflicts that are not;
 * linked pairs and exact duplicates (same bytes or same pixels) form groups (connected components).
 
 A group that holds more than one label is a label conflict: the same scan filed under two classes.
@@ -49,24 +52,11 @@ PERCENTILE = 99.0
 JOINT_PERCENTILE = 95.0
 THRESHOLD_BOUNDS = (0.5, 0.95)
 DEFAULT_THRESHOLD = 0.9
+CONFLICT_MIN = 0.9
+"""Images of different classes are linked (a label conflict) only above this content similarity."""
 MIN_REFERENCE = 20
 BLOCK = 1024
 META_FEATURES = ("width", "height", "aspect", "bytes", "bytes_per_pixel", "mean", "std")
-CSV_HEADER = (
-    "path",
-    "label",
-    "class",
-    "sha256",
-    "pixel_sha256",
-    "width",
-    "height",
-    "mode",
-    "bytes",
-    "mean",
-    "std",
-    "group_id",
-    "duplicate_of",
-)
 
 
 @dataclass
@@ -88,6 +78,10 @@ class ManifestRow:
     duplicate_of: str | None = None
 
 
+CSV_HEADER = tuple("class" if f.name == "class_name" else f.name for f in fields(ManifestRow))
+"""manifest.csv columns: the :class:`ManifestRow` fields, with ``class_name`` written as ``class``."""
+
+
 @dataclass
 class AuditResult:
     """Everything the audit found; ``summary`` is what audit.json holds."""
@@ -107,8 +101,14 @@ class LinkRule:
     body: float
     method: str
 
-    def links(self, content: np.ndarray, body: np.ndarray) -> np.ndarray:
-        return (content > self.strict) | ((content > self.loose) & (body > self.body))
+    @property
+    def conflict(self) -> float:
+        return max(self.strict, CONFLICT_MIN)
+
+    def links(self, content: np.ndarray, body: np.ndarray, cross: np.ndarray) -> np.ndarray:
+        """Bool links; ``cross`` marks pairs of different classes, which need content > ``conflict``."""
+        same = (content > self.strict) | ((content > self.loose) & (body > self.body))
+        return np.where(cross, content > self.conflict, same)
 
 
 def _unit(x: np.ndarray, weight: float = 1.0) -> np.ndarray:
@@ -132,6 +132,10 @@ def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return content, _unit(body.astype(np.float32))
 
 
+def _pixel_digest(img: np.ndarray) -> str:
+    return hashlib.sha256(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
+
+
 def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
     """Read every listed file once: rows, feature matrix (N, D) and skipped (path, reason)."""
     listing = list_dataset(root, class_map)
@@ -148,22 +152,9 @@ def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
         except ImageReadError as exc:
             skipped.append((rel, str(exc)))
             continue
-        pix = hashlib.sha256(f"{img.shape}".encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
-        rows.append(
-            ManifestRow(
-                rel,
-                s.label,
-                s.class_name,
-                hashlib.sha256(data).hexdigest(),
-                pix,
-                info.width,
-                info.height,
-                info.mode,
-                len(data),
-                float(img.mean()),
-                float(img.std()),
-            )
-        )
+        digests = (hashlib.sha256(data).hexdigest(), _pixel_digest(img))
+        w, h, stats = info.width, info.height, (float(img.mean()), float(img.std()))
+        rows.append(ManifestRow(rel, s.label, s.class_name, *digests, w, h, info.mode, len(data), *stats))
         c, b = _features(img)
         content.append(c)
         body.append(b)
@@ -242,7 +233,8 @@ def choose_rule(
         f"content > {strict:.3f} (the {percentile:g}th percentile of each image's most similar other-class "
         f"image, n={ref.size}: {raw:.3f}"
         + (f", clipped to {list(THRESHOLD_BOUNDS)}" if strict != raw else "")
-        + f"), or content > {loose:.3f} and silhouette > {body:.3f} (both {joint:g}th percentiles)"
+        + f"), or content > {loose:.3f} and silhouette > {body:.3f} (both {joint:g}th percentiles); "
+        f"images of different classes only when content > {max(strict, CONFLICT_MIN):.3f} (near-copies)"
     )
     return LinkRule(strict, loose, body, how)
 
@@ -253,8 +245,9 @@ def _group(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray], rule: 
     labels = np.array([r.label for r in rows])
     ii, jj, crossed = [], [], 0
     for b, cols, content, body, exact in _blocks(rows, feats):
-        link = rule.links(content, body)
-        crossed += int((link & ~exact & (labels[b][:, None] != labels[cols][None, :])).any(axis=1).sum())
+        cross = labels[b][:, None] != labels[cols][None, :]
+        link = rule.links(content, body, cross)
+        crossed += int((link & ~exact & cross).any(axis=1).sum())
         r, c = np.nonzero(link | exact)
         ii.append(b[r])
         jj.append(cols[c])
@@ -326,11 +319,11 @@ def _group_report(
         "n_groups": len(members),
         "per_class": per_class,
         "threshold": round(rule.strict, 4),
-        "joint_content_threshold": round(rule.loose, 4),
-        "joint_silhouette_threshold": round(rule.body, 4),
+        "joint_content_threshold": round(rule.loose, 4) if np.isfinite(rule.loose) else None,
+        "joint_silhouette_threshold": round(rule.body, 4) if np.isfinite(rule.body) else None,
         "threshold_method": rule.method,
-        "feature": f"content: {FEATURE_SIZE}x{FEATURE_SIZE} gradient magnitude "
-        "(2/3) + intensity (1/3); silhouette: filled foreground mask; zero-mean unit-norm, cosine; same size only",
+        "feature": f"content: {FEATURE_SIZE}x{FEATURE_SIZE} gradient magnitude (2/3) + intensity (1/3); "
+        "silhouette: filled foreground mask; zero-mean unit-norm, cosine; same size only",
         "images_linked_across_classes": round(cross_rate, 4),
         "size_distribution": hist,
         "n_singletons": int((sizes == 1).sum()),
@@ -349,10 +342,8 @@ def _group_report(
 def _stats(x: list[float], nd: int = 4) -> dict[str, float]:
     a = np.asarray(x, dtype=float)
     return {
-        "min": round(float(a.min()), nd),
-        "median": round(float(np.median(a)), nd),
-        "mean": round(float(a.mean()), nd),
-        "max": round(float(a.max()), nd),
+        k: round(float(f(a)), nd)
+        for k, f in (("min", np.min), ("median", np.median), ("mean", np.mean), ("max", np.max))
     }
 
 
@@ -395,12 +386,8 @@ def metadata_baseline(rows: list[ManifestRow], seed: int = 0, n_splits: int = 5)
     k = min([n_splits] + [len(set(groups[y == c])) for c in present])
     if len(present) < 2 or k < 2:
         return {"skipped": "needs at least two classes with at least two scan groups each"}
-    x = np.array(
-        [
-            [r.width, r.height, r.width / r.height, r.bytes, r.bytes / (r.width * r.height), r.mean, r.std]
-            for r in rows
-        ]
-    )
+    w, h, b = (np.array([getattr(r, k) for r in rows], dtype=float) for k in ("width", "height", "bytes"))
+    x = np.column_stack([w, h, w / h, b, b / (w * h), [r.mean for r in rows], [r.std for r in rows]])
     clf = RandomForestClassifier(
         n_estimators=60, min_samples_leaf=2, class_weight="balanced", random_state=seed, n_jobs=1
     )
@@ -563,7 +550,7 @@ def write_audit(result: AuditResult, out_dir: Path, nn: dict[str, np.ndarray] | 
     write_manifest(result.rows, out_dir / "manifest.csv")
     s = result.summary
     s["figures"] = _figures(s, out_dir, nn)
-    (out_dir / "audit.json").write_text(json.dumps(s, indent=2), encoding="utf-8")
+    (out_dir / "audit.json").write_text(json.dumps(s, indent=2, allow_nan=False), encoding="utf-8")
     (out_dir / "audit.md").write_text(render_markdown(s), encoding="utf-8")
 
 
@@ -577,9 +564,10 @@ def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None)
     sizes = list(s["size_by_class"])
     x = np.arange(len(sizes))
     for k, c in enumerate(CLASSES):
-        ax.bar(x + (k - 1) * 0.27, [s["size_by_class"][z][c] for z in sizes], 0.27, label=c)
+        bars = ax.bar(x + (k - 1) * 0.27, [s["size_by_class"][z][c] for z in sizes], 0.27, label=c)
+        ax.bar_label(bars, fontsize=8)
     ax.set_xticks(x, sizes)
-    ax.set(xlabel="image size (W x H)", ylabel="images", yscale="log", title="Image size by class")
+    ax.set(xlabel="image size (W x H)", ylabel="images", title="Image size by class")
     ax.legend()
     fig.savefig(out_dir / "sizes_by_class.png")
     names = ["sizes_by_class.png"]
@@ -587,9 +575,17 @@ def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None)
         fig = Figure(figsize=(7, 3.5), dpi=110, layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        bins = np.linspace(-0.2, 1.0, 61)
-        for v, lab in ((nn["same"], "nearest same-class image"), (nn["cross"], "nearest other-class image")):
-            ax.hist(np.clip(v[np.isfinite(v)], -0.2, 1.0), bins=bins, alpha=0.6, label=lab)
+        vals = [
+            (v[np.isfinite(v)], lab)
+            for v, lab in (
+                (nn["same"], "nearest same-class image"),
+                (nn["cross"], "nearest other-class image"),
+            )
+        ]
+        lo = min([float(v.min()) for v, _ in vals if v.size] + [0.9])
+        bins = np.linspace(np.floor(lo * 10) / 10, 1.0, 61)
+        for v, lab in vals:
+            ax.hist(v, bins=bins, alpha=0.6, label=lab)
         ax.axvline(
             s["groups"]["threshold"], color="k", ls="--", label=f"threshold {s['groups']['threshold']:.3f}"
         )
@@ -600,166 +596,162 @@ def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None)
     return names
 
 
-def _table(header: list[str], body: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in body]
+def _table(header: str, body: list[list[Any]]) -> str:
+    """Markdown table; ``header`` is '|'-separated; an empty body gives 'none'."""
+    lines = [f"| {header.replace('|', ' | ')} |", "|" + "---|" * (header.count("|") + 1)]
+    return (
+        "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in body]) if body else "none"
+    )
+
+
+REPORT = """# Data audit: {root}
+
+lungct {lungct_version}; {seconds} s.
+
+## Headline
+
+| what | value |
+|---|---|
+| readable images | {n_images} |
+| classes | {classes_text} |
+| skipped files | {n_skipped} |
+| byte-identical duplicates | {byte[n_sets]} sets, {byte[n_pairs]} pairs, {byte[n_redundant_files]} \
+redundant files; {byte[n_cross_class_sets]} sets across classes |
+| pixel-identical, different bytes | {pixel[n_sets]} sets; {pixel[n_cross_class_sets]} across classes |
+| reconstructed scan groups | {g[n_groups]} ({groups_text}) |
+| group link rule | {g[threshold_method]} |
+| label conflicts (groups with >1 class) | {n_conflicts} |
+| non-square images by class | {non_square_text} |
+| metadata-only baseline (group-wise CV) | {meta} |
+
+## Warnings
+
+{warnings_text}
+
+## Image size by class
+
+{size_table}
+
+## Per-class statistics
+
+Intensities are in [0, 1] after decoding.
+
+{class_table}
+
+## Byte-identical duplicate files ({byte[n_sets]} sets)
+
+{byte_table}
+
+## Pixel-identical files with different bytes ({pixel[n_sets]} sets)
+
+{pixel_table}
+
+## Reconstructed scan groups
+
+The release has no patient ids; images are grouped by content ({g[feature]}). Same-size images are
+linked when {g[threshold_method]}; exact duplicates always are; groups are the connected components.
+Slices of one patient far apart in the body can still fall into different groups, so treat the group
+count as an upper bound on the number of scans.
+
+- groups: {g[n_groups]}; images per group: min {g[size_min]}, median {g[size_median]}, mean \
+{g[mean_images_per_group]}, max {g[size_max]}; singletons: {g[n_singletons]}
+- group size distribution: {g[size_distribution]}
+- images linked directly to an image of another class: {g[images_linked_across_classes]:.1%}
+- images with a same-class image above the content threshold: {g[images_with_near_duplicate]}
+- nearest other-class similarity percentiles: {g[cross_class_nn_percentiles]}
+- nearest same-class similarity percentiles: {g[same_class_nn_percentiles]}
+
+## Label conflicts ({n_conflicts})
+
+{conflict_table}
+
+## Metadata-only baseline
+
+{meta_text}
+
+## Skipped files ({n_skipped})
+
+{skipped_table}
+{figures_text}"""
+
+
+def _dup_table(d: dict[str, Any]) -> str:
+    body = [
+        [
+            k + 1,
+            ", ".join(x["classes"]) + (" (CROSS-CLASS)" if x["cross_class"] else ""),
+            "<br>".join(x["paths"]),
+        ]
+        for k, x in enumerate(d["sets"])
+    ]
+    return _table("#|classes|files", body)
+
+
+def _meta_text(m: dict[str, Any]) -> tuple[str, str]:
+    if "accuracy" not in m:
+        return m.get("skipped", "n/a"), m.get("skipped", "n/a")
+    short = (
+        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} (chance "
+        f"{m['chance_balanced_accuracy']:.3f}; majority class {m['majority_class_accuracy']:.3f})"
+    )
+    recall = ", ".join(f"{c} {v:.3f}" for c, v in m["recall"].items())
+    return short, (
+        f"{m['model']}; {m['cv']}.\n\n- {short}\n- recall per class: {recall}\n- confusion matrix "
+        f"(rows true, columns predicted; {', '.join(m['labels'])}): {m['confusion_matrix']}\n"
+        f"- feature importance: {m['feature_importance']}"
+    )
+
+
+def _kib(d: dict[str, float]) -> str:
+    return f"{d['median'] / 1024:.1f} ({d['min'] / 1024:.1f}-{d['max'] / 1024:.1f})"
 
 
 def render_markdown(s: dict[str, Any]) -> str:
-    """The human-readable audit.md: headline numbers first, then details."""
-    g, b, p, m = s["groups"], s["duplicates"]["byte"], s["duplicates"]["pixel"], s["metadata_baseline"]
-    n = s["n_images"]
-    cls = ", ".join(f"{c} {k} ({k / n:.1%})" for c, k in s["classes"].items())
-    meta = (
-        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} (chance "
-        f"{m['chance_balanced_accuracy']:.3f}; majority class {m['majority_class_accuracy']:.3f})"
-        if "accuracy" in m
-        else m.get("skipped", "n/a")
-    )
-    L = [
-        f"# Data audit: {s['root']}",
-        "",
-        f"lungct {s['lungct_version']}; {s['seconds']} s.",
-        "",
-        "## Headline",
-        "",
-    ]
-    L += _table(
-        ["what", "value"],
+    """The human-readable audit.md: headline numbers and warnings first, then details."""
+    g, n = s["groups"], s["n_images"]
+    meta, meta_text = _meta_text(s["metadata_baseline"])
+    stats = [
         [
-            ["readable images", n],
-            ["classes", cls],
-            ["skipped files", s["n_skipped"]],
-            [
-                "byte-identical duplicates",
-                f"{b['n_sets']} sets, {b['n_pairs']} pairs, {b['n_redundant_files']} "
-                f"redundant files; {b['n_cross_class_sets']} sets across classes",
-            ],
-            [
-                "pixel-identical (different bytes)",
-                f"{p['n_sets']} sets; {p['n_cross_class_sets']} across classes",
-            ],
-            [
-                "reconstructed scan groups",
-                f"{g['n_groups']} (" + ", ".join(f"{c} {k}" for c, k in g["per_class"].items()) + ")",
-            ],
-            ["group link rule (from the data)", g["threshold_method"]],
-            ["label conflicts (groups with >1 class)", len(g["label_conflicts"])],
-            [
-                "non-square images by class",
-                ", ".join(f"{c} {k}" for c, k in s["non_square_by_class"].items()),
-            ],
-            ["metadata-only baseline (group-wise CV)", meta],
-        ],
-    )
-    L += ["", "## Warnings", ""] + [f"- {w}" for w in s["warnings"] or ["none"]]
-    L += ["", "## Image size by class", ""]
-    L += _table(["size (WxH)", *CLASSES], [[z, *v.values()] for z, v in s["size_by_class"].items()])
-    L += ["", "## Per-class statistics", "", "Intensities are in [0, 1] after decoding.", ""]
-    L += _table(
-        [
-            "class",
-            "images",
-            "share",
-            "non-square",
-            "aspect min-max",
-            "file KiB median (min-max)",
-            "mean intensity (mean)",
-            "intensity std (mean)",
-            "modes",
-        ],
-        [
-            [
-                c,
-                d["n"],
-                f"{d['share']:.1%}",
-                d["non_square"],
-                f"{d['aspect']['min']}-{d['aspect']['max']}",
-                f"{d['bytes']['median'] / 1024:.1f} ({d['bytes']['min'] / 1024:.1f}-{d['bytes']['max'] / 1024:.1f})",
-                f"{d['mean']['mean']:.3f}",
-                f"{d['std']['mean']:.3f}",
-                d["modes"],
-            ]
-            for c, d in s["per_class"].items()
-            if d["n"]
-        ],
-    )
-    for title, d in (
-        ("Byte-identical duplicate files", b),
-        ("Pixel-identical files with different bytes", p),
-    ):
-        L += ["", f"## {title} ({d['n_sets']} sets)", ""]
-        L += (
-            _table(
-                ["#", "classes", "files"],
-                [
-                    [
-                        k + 1,
-                        ", ".join(x["classes"]) + (" (CROSS-CLASS)" if x["cross_class"] else ""),
-                        "<br>".join(x["paths"]),
-                    ]
-                    for k, x in enumerate(d["sets"])
-                ],
-            )
-            if d["sets"]
-            else ["none"]
-        )
-    L += [
-        "",
-        "## Reconstructed scan groups",
-        "",
-        "The release has no patient ids; images are grouped by content (" + g["feature"] + "). Same-size "
-        f"images are linked when {g['threshold_method']}; exact duplicates always are; groups are the "
-        "connected components. Slices of one patient far apart in the body can still fall into different "
-        "groups, so treat the group count as an upper bound on the number of scans.",
-        "",
-        f"- images linked directly to an image of another class: {g['images_linked_across_classes']:.1%}",
-        f"- groups: {g['n_groups']}; images per group: min {g['size_min']}, median {g['size_median']:g}, "
-        f"mean {g['mean_images_per_group']}, max {g['size_max']}; singletons: {g['n_singletons']}",
-        f"- group size distribution: {g['size_distribution']}",
-        f"- images with a same-class image above the threshold: {g['images_with_near_duplicate']}",
-        f"- nearest other-class similarity percentiles: {g['cross_class_nn_percentiles']}",
-        f"- nearest same-class similarity percentiles: {g['same_class_nn_percentiles']}",
-        "",
-        f"## Label conflicts ({len(g['label_conflicts'])})",
-        "",
-    ]
-    L += (
-        _table(
-            ["group", "images", "classes", "max cross-label similarity", "files"],
-            [
-                [
-                    x["group_id"],
-                    x["n_images"],
-                    x["classes"],
-                    x["max_cross_label_similarity"],
-                    "<br>".join(x["paths"]),
-                ]
-                for x in g["label_conflicts"]
-            ],
-        )
-        if g["label_conflicts"]
-        else ["none"]
-    )
-    L += ["", "## Metadata-only baseline", ""]
-    if "accuracy" in m:
-        L += [
-            f"{m['model']}; {m['cv']}.",
-            "",
-            f"- {meta}",
-            "- recall per class: " + ", ".join(f"{c} {v:.3f}" for c, v in m["recall"].items()),
-            f"- confusion matrix (rows true, columns predicted; {', '.join(m['labels'])}): "
-            f"{m['confusion_matrix']}",
-            f"- feature importance: {m['feature_importance']}",
+            c,
+            d["n"],
+            f"{d['share']:.1%}",
+            d["non_square"],
+            f"{d['aspect']['min']}-{d['aspect']['max']}",
+            _kib(d["bytes"]),
+            f"{d['mean']['mean']:.3f}",
+            f"{d['std']['mean']:.3f}",
+            d["modes"],
         ]
-    else:
-        L.append(meta)
-    L += ["", f"## Skipped files ({s['n_skipped']})", ""]
-    L += (
-        _table(["file", "reason"], [[x["path"], x["reason"]] for x in s["skipped"]])
-        if s["skipped"]
-        else ["none"]
+        for c, d in s["per_class"].items()
+        if d["n"]
+    ]
+    conflicts = [
+        [x["group_id"], x["n_images"], x["classes"], x["max_cross_label_similarity"], "<br>".join(x["paths"])]
+        for x in g["label_conflicts"]
+    ]
+    return REPORT.format(
+        **s,
+        g=g,
+        byte=s["duplicates"]["byte"],
+        pixel=s["duplicates"]["pixel"],
+        meta=meta,
+        meta_text=meta_text,
+        classes_text=", ".join(f"{c} {k} ({k / n:.1%})" for c, k in s["classes"].items()),
+        groups_text=", ".join(f"{c} {k}" for c, k in g["per_class"].items()),
+        non_square_text=", ".join(f"{c} {k}" for c, k in s["non_square_by_class"].items()),
+        n_conflicts=len(conflicts),
+        warnings_text="\n".join(f"- {w}" for w in s["warnings"] or ["none"]),
+        size_table=_table(
+            "size (WxH)|" + "|".join(CLASSES), [[z, *v.values()] for z, v in s["size_by_class"].items()]
+        ),
+        class_table=_table(
+            "class|images|share|non-square|aspect min-max|file KiB median (min-max)|mean intensity"
+            "|intensity std|modes",
+            stats,
+        ),
+        byte_table=_dup_table(s["duplicates"]["byte"]),
+        pixel_table=_dup_table(s["duplicates"]["pixel"]),
+        conflict_table=_table("group|images|classes|max cross-label similarity|files", conflicts),
+        skipped_table=_table("file|reason", [[x["path"], x["reason"]] for x in s["skipped"]]),
+        figures_text="".join(f"\n![{f}]({f})\n" for f in s.get("figures", [])),
     )
-    if s.get("figures"):
-        L += ["", "## Figures", ""] + [f"![{f}]({f})" for f in s["figures"]]
-    return "\n".join(L) + "\n"

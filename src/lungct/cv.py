@@ -33,7 +33,8 @@ def fold_assignment(rows: list, test_idx: np.ndarray, val_fraction: float, seed:
     from lungct.splits import grouped_kfold
 
     rest = np.setdiff1d(np.arange(len(rows)), test_idx)
-    k_val = max(2, round(1 / val_fraction))
+    n_groups = len({rows[i].group_id for i in rest})
+    k_val = max(2, min(round(1 / val_fraction), n_groups))
     _, val_local = grouped_kfold([rows[i] for i in rest], k=k_val, seed=seed)[0]
     assignment = ["train"] * len(rows)
     for i in test_idx:

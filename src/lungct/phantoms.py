@@ -121,10 +121,11 @@ def _lesion_mask(
     dx, dy = (xx - cx) * aspect, yy - cy  # isotropic in pixels
     rr, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
     edge = np.full(xx.shape, radius)
-    if harm:  # spiculated mass: low harmonics for lobulation, a high one for spicules
-        amps, phases = harm[:4], harm[4:]
-        for k, (a, p) in enumerate(zip(amps, phases, strict=True)):
-            edge = edge * (1 + a * np.cos((k + 2 if k < 3 else 11) * theta + p) * (0.6 if k < 3 else 1.0))
+    if harm:  # spiculated mass: angular harmonics 2-4 give lobulation, harmonic 11 the spicules
+        for order, amp, phase, scale in zip(
+            (2, 3, 4, 11), harm[:4], harm[4:], (0.6, 0.6, 0.6, 1.0), strict=True
+        ):
+            edge = edge * (1 + scale * amp * np.cos(order * theta + phase))
     return (rr <= edge) & lungs[lung_i]
 
 

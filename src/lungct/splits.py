@@ -51,10 +51,16 @@ def split_units(rows: list[ManifestRow]) -> np.ndarray:
 
 
 def _assign_once(sizes: np.ndarray, order: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy: each unit (in ``order``) goes to the split with the largest remaining deficit."""
+    """The first units (in ``order``) go one to each split with a non-zero target when there are enough
+    units; each further unit goes to the split with the largest remaining deficit."""
     counts = np.zeros(3)
     where = np.empty(len(sizes), dtype=int)
-    for u in order:
+    open_splits = np.flatnonzero(target > 0)
+    first = order[: len(open_splits)] if len(order) >= len(open_splits) else order[:0]
+    for s, u in zip(open_splits, first, strict=False):
+        where[u] = s
+        counts[s] += sizes[u]
+    for u in order[len(first) :]:
         s = int(np.argmax(np.where(target > 0, target - counts, -np.inf)))
         where[u] = s
         counts[s] += sizes[u]
@@ -84,12 +90,10 @@ def grouped_split(
         if us.size == 0:
             continue
         target = fr * sizes[us].sum()
-        need = int((fr > 0).sum()) if us.size >= (fr > 0).sum() else 0
         best, best_score = None, np.inf
         for _ in range(N_TRIALS):
             where, counts = _assign_once(sizes[us], rng.permutation(us.size), target)
-            missing = need - len(set(where.tolist()))
-            score = np.abs(counts - target).sum() + 1e6 * max(missing, 0)
+            score = np.abs(counts - target).sum()
             if score < best_score:
                 best, best_score = where, score
         split_of_unit[us] = best
@@ -155,8 +159,8 @@ def leakage_report(rows: list[ManifestRow], assignment: Sequence[str]) -> dict[s
             "straddling_group_ids": straddle,
             "exact_duplicate_sets_across_splits": sum(len(ss) > 1 for ss in dup_splits.values()),
             "leaky": bool(out["test_images_with_group_in_train"] or out["val_images_with_group_in_train"]),
-            "note": "a test image 'has its group in train' when a near-identical slice of the same reconstructed "
-            "scan, or an exact copy, is in the training split",
+            "note": "a test image 'has its group in train' when a near-identical slice of the same "
+            "reconstructed scan, or an exact copy, is in the training split",
         }
     )
     return out

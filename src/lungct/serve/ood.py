@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.spatial import ConvexHull, Delaunay, QhullError
+from scipy.spatial import ConvexHull, QhullError
 
 WORK_SIDE = 128
 """Statistics are computed on a copy with the longer side at most this many px."""
@@ -45,7 +45,7 @@ THRESHOLDS: dict[str, tuple[float, float]] = {
     "border_contact": (-1.0, 0.2),
     "body_fraction": (0.1, 0.8),
     "lung_fraction": (0.03, 0.9),
-    "tissue_thickness": (4.5, 1e9),
+    "tissue_thickness": (4.0, 1e9),
     "lung_contrast": (-1.0, 0.45),
 }
 """Accepted (low, high) interval per image statistic; outside it the image is flagged."""
@@ -122,13 +122,16 @@ def _otsu(x: np.ndarray) -> float:
 
 def _hull_mask(mask: np.ndarray) -> np.ndarray:
     """Filled convex hull of the True pixels of a bool (H, W) mask (all False when degenerate)."""
-    pts = np.argwhere(mask)
+    pts = np.argwhere(mask).astype(np.float64)
     try:
-        hull = Delaunay(pts[ConvexHull(pts).vertices])
+        eq = ConvexHull(pts).equations  # inside: normal . p + offset <= 0 for every facet
     except (QhullError, ValueError, IndexError):
         return np.zeros_like(mask)
-    grid = np.indices(mask.shape).reshape(2, -1).T
-    return (hull.find_simplex(grid) >= 0).reshape(mask.shape)
+    yy, xx = np.indices(mask.shape, dtype=np.float64)
+    inside = np.ones(mask.shape, bool)
+    for ny, nx, off in eq:
+        inside &= ny * yy + nx * xx + off <= 1e-9
+    return inside
 
 
 def image_statistics(img: np.ndarray) -> dict[str, float]:

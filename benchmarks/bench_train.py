@@ -1,0 +1,96 @@
+"""Train the default model on the development subset: honest (grouped) split, then the leaky one.
+
+Prints test metrics, wall time, peak memory and inference speed (batched slices/s, one-slice latency).
+Not a test: run it by hand, e.g.
+
+    .venv/bin/python benchmarks/bench_train.py [--data DIR] [--out runs/bench] [--skip-random] [k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungct.config import make_config
+from lungct.pipeline import run_training
+from lungct.predictor import Predictor
+from lungct.runs import read_json
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"
+
+
+def inference_speed(run_dir: Path, threads: int = 2) -> dict[str, float]:
+    """Batched throughput (slices/s, batch 32) and single-slice latency (ms, p50/p95) on decoded slices."""
+    torch.set_num_threads(threads)
+    pred = Predictor.from_run(run_dir)
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((512, 512), dtype=np.float32) for _ in range(64)]
+    pred.predict_images(imgs[:8])  # warm-up
+    t = time.perf_counter()
+    pred.predict_images(imgs, batch_size=32)
+    batched = len(imgs) / (time.perf_counter() - t)
+    lat = []
+    for im in imgs[:30]:
+        t = time.perf_counter()
+        pred.predict_images([im])
+        lat.append((time.perf_counter() - t) * 1000)
+    return {"batched_slices_per_s": round(batched, 1), "single_ms_p50": round(statistics.median(lat), 1),
+            "single_ms_p95": round(float(np.percentile(lat, 95)), 1)}
+
+
+def headline(run_dir: Path) -> dict:
+    m = read_json(run_dir / "eval" / "test" / "metrics.json")
+    run = read_json(run_dir / "run.json")
+    pc, mal = m["per_class"], m["malignant_vs_rest"]
+    return {
+        "n_test": m["n"], "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+        "macro_auc": m["macro_auc"], "benign_recall": pc["benign"]["sensitivity"],
+        "normal_recall": pc["normal"]["sensitivity"], "malignant_sensitivity": mal["sensitivity"],
+        "malignant_specificity": mal["specificity"], "malignant_threshold": mal["threshold"],
+        "ece_after": m["calibration"]["ece"], "ece_before": m["calibration"].get("before", {}).get("ece"),
+        "ci95_accuracy": m["ci95"].get("accuracy"), "case_accuracy": m["case_level"]["accuracy"],
+        "case_n": m["case_level"]["n"], "train_fit_seconds": run["training"]["fit_seconds"],
+        "total_seconds": run["training"]["total_seconds"], "epochs_run": run["training"]["epochs_run"],
+        "pretrained": run["pretrained"]["source"], "leakage": run.get("leakage"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--skip-random", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value")
+    args = ap.parse_args()
+    if not Path(args.data).is_dir():
+        print(f"data folder {args.data} not found; pass --data", file=sys.stderr)
+        return 2
+    extra = dict(kv.split("=", 1) for kv in args.overrides)
+    results = {}
+    for split in ("grouped",) if args.skip_random else ("grouped", "random"):
+        cfg = make_config({"data": args.data, "split": split, "threads": 2, **extra})
+        out = Path(args.out) / split
+        t = time.time()
+        run_training(cfg, out, progress=False)
+        res = headline(out)
+        res["wall_seconds"] = round(time.time() - t, 1)
+        res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        res.update(inference_speed(out))
+        results[split] = res
+        print(f"== {split} split ({cfg.model}) ==")
+        print(json.dumps(res, indent=2, default=str))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "bench_train.json").write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

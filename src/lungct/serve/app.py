@@ -1,0 +1,279 @@
+"""The clinical workstation: a FastAPI app serving the page and the REST API around one Predictor.
+
+Endpoints (schema at ``/openapi.json``): ``POST /api/v1/predict``, ``POST /api/v1/studies``,
+``GET /api/v1/model``, ``GET /healthz`` and the page at ``/``. The model is loaded once by
+:func:`serve`; the app never logs file names, DICOM tags or pixel data (only request ids, sizes,
+status codes and timings).
+"""
+
+import copy
+import hmac
+import json
+import logging
+import math
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lungct import CLASSES, __version__
+from lungct.errors import LungctError, ModelError
+from lungct.explain import METHODS
+from lungct.predictor import Predictor
+from lungct.serve import dicomio, schemas
+from lungct.serve.middleware import RequestGuard
+from lungct.serve.service import Slice, SliceOutcome, Workstation, case_summary, decision_text, decode_upload
+from lungct.serve.uploads import TooLarge, UnsupportedType, ZipLimits, read_zip, sniff
+
+log = logging.getLogger("lungct.serve")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorResponse, "description": text}
+    for code, text in ((401, "Missing or wrong bearer token"), (413, "Upload too large"),
+                       (415, "Unsupported file type"), (422, "Unreadable image or invalid request"))
+}
+INTENDED_USE = ("Research and teaching: classifies single axial chest CT slices as normal / benign / "
+                "malignant. Not a medical device; not for diagnosis or treatment decisions.")
+LIMITATIONS = [
+    "Trained on one public dataset of 8-bit JPEG slices (IQ-OTH/NCCD) without patient ids; performance on "
+    "other scanners, protocols and populations is unknown.",
+    "Slice-level model: it does not see the whole scan, and the case decision is a simple rule over slices.",
+    "Inputs that do not look like axial chest CT are refused by a simple image-statistics guard; the guard "
+    "can miss unusual inputs.",
+    "Grad-CAM heatmaps show where the network's evidence lies, not where a lesion is.",
+]
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _error(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
+    return JSONResponse({"detail": detail, "request_id": rid}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg')}"
+                 for e in exc.errors()]
+        return _error(request, 422, "invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(LungctError)
+    async def user_error(request: Request, exc: LungctError) -> JSONResponse:
+        if isinstance(exc, UnsupportedType):
+            return _error(request, 415, str(exc))
+        if isinstance(exc, TooLarge):
+            return _error(request, 413, str(exc))
+        if isinstance(exc, ModelError):
+            log.error("request %s: model error: %s", getattr(request.state, "request_id", "-"), exc)
+            return _error(request, 500, f"model error: {exc}")
+        return _error(request, 422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        log.error("request %s: unexpected %s", rid, type(exc).__name__, exc_info=exc)
+        return _error(request, 500, f"internal error (request id {rid}); see the server log")
+
+
+_BEARER = HTTPBearer(auto_error=False, description="Required when the server was started with a token.")
+
+
+def _token_dependency(token: str | None) -> Any:
+    def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        if token is None:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def _slice_fields(o: SliceOutcome) -> dict[str, Any]:
+    p, s = o.prediction, o.slice
+    h, w = s.image.shape
+    fields: dict[str, Any] = {
+        "assessed": p is not None, "ood": s.guard.to_dict(), "decision_text": decision_text(p, s.guard),
+        "image": {"width": w, "height": h, "format": s.format}, "explanation": o.explanation,
+    }
+    if p is not None:
+        d = p.to_dict()
+        fields.update(predicted_class=d["class"], probabilities=d["probabilities"],
+                      malignant_probability=d["malignant_probability"], decision=d["decision"])
+    return fields
+
+
+def _model_card(predictor: Predictor, run_dir: Path | None, explain_method: str) -> dict[str, Any]:
+    metrics = None
+    if run_dir is not None and (run_dir / "eval" / "test" / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read eval/test/metrics.json: %s", type(exc).__name__)
+    return _finite({
+        "name": predictor.model_name, "version": predictor.version, "classes": list(CLASSES),
+        "threshold": predictor.threshold, "temperature": predictor.temperature,
+        "preprocess": predictor.pre.to_dict(), "intended_use": INTENDED_USE, "limitations": LIMITATIONS,
+        "run": copy.deepcopy(predictor.info), "metrics": metrics, "explain_method": explain_method,
+    })
+
+
+def _read_study(files: list[UploadFile], per_file: int, limits: ZipLimits, max_slices: int) -> list[bytes]:
+    blobs: list[bytes] = []
+    for k, f in enumerate(files, start=1):
+        data = f.file.read()
+        if sniff(data) == "zip":
+            blobs += read_zip(data, limits)
+        elif len(data) > per_file:
+            raise TooLarge(f"file {k} is {len(data) / 2**20:.1f} MB; the limit is {per_file / 2**20:.1f} MB")
+        else:
+            blobs.append(data)
+        if len(blobs) > max_slices:
+            raise TooLarge(f"more than {max_slices} slices in one study")
+    if not blobs:
+        raise LungctError("the study has no slices")
+    return blobs
+
+
+def _study_warnings(slices: list[Slice], basis: str) -> list[str]:
+    out = []
+    series = {s.dicom.series_key for s in slices if s.dicom is not None and s.dicom.series_key}
+    if len(series) > 1:
+        out.append(f"the slices come from {len(series)} different DICOM series")
+    n_dicom = sum(s.dicom is not None for s in slices)
+    if 0 < n_dicom < len(slices):
+        out.append("DICOM and ordinary image files are mixed: slices are shown in upload order")
+    elif n_dicom and basis == "upload":
+        out.append("DICOM slices lack position and instance number: slices are shown in upload order")
+    flagged = sum(s.guard.flagged for s in slices)
+    if flagged:
+        out.append(f"{flagged} of {len(slices)} slices were not assessed (they do not look like axial chest CT)")
+    return out
+
+
+def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20,
+               cors_origins: list[str] | None = None, explain_method: str = "gradcam",
+               max_study_mb: float = 200, max_slices: int = 500,
+               run_dir: str | Path | None = None) -> FastAPI:
+    """The workstation app around an already loaded predictor.
+
+    ``max_upload_mb``: request limit for /predict and per-file limit in studies; ``max_study_mb``:
+    request limit for /studies and total unpacked size of a zip; ``token``: bearer token required on
+    /api/* (None: open); ``cors_origins``: allowed cross-origin callers (None: no CORS headers);
+    ``run_dir``: run folder, for eval/test/metrics.json in the model card.
+    """
+    if explain_method not in METHODS:
+        raise LungctError(f"unknown explanation method {explain_method!r}; choose one of: {', '.join(METHODS)}")
+    per_file, per_study = int(max_upload_mb * 2**20), int(max_study_mb * 2**20)
+    limits = ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study)
+    ws = Workstation(predictor, explain_method)
+    card = _model_card(predictor, Path(run_dir) if run_dir is not None else None, explain_method)
+    model_ref = {"name": predictor.model_name, "version": predictor.version}
+
+    app = FastAPI(title="lungct workstation", version=__version__, docs_url=None, redoc_url=None,
+                  description="Lung CT slice classification with calibrated probabilities and Grad-CAM. "
+                  + schemas.DISCLAIMER)
+    app.state.workstation = ws
+    _install_error_handlers(app)
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(_token_dependency(token))], responses=ERRORS)
+
+    @api.post("/predict", response_model=schemas.PredictResponse, summary="Classify one slice")
+    def predict(request: Request, file: Annotated[UploadFile, File(description="One image or DICOM file.")],
+                explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        outcome = ws.predict(decode_upload(file.file.read()), explain=explain)
+        return {"request_id": request.state.request_id, "threshold": predictor.threshold, "model": model_ref,
+                "timing_ms": round(1000 * (time.perf_counter() - t0), 1), **_slice_fields(outcome)}
+
+    @api.post("/studies", response_model=schemas.StudyResponse, summary="Classify a study (several slices)")
+    def studies(request: Request,
+                files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
+                explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
+                ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        blobs = _read_study(files, per_file, limits, max_slices)
+        decoded = [decode_upload(b, f"file {k}") for k, b in enumerate(blobs, start=1)]
+        order, basis = dicomio.series_order([s.dicom for s in decoded])
+        slices = [decoded[i] for i in order]
+        outcomes = ws.predict_many(slices, explain_top)
+        z0 = slices[0].dicom.position if basis == "position" and slices[0].dicom is not None else None
+        results = []
+        for k, o in enumerate(outcomes, start=1):
+            pos = o.slice.dicom.position if o.slice.dicom is not None else None
+            results.append({"index": k, "label": f"slice {k}", **_slice_fields(o),
+                            "position_mm": round(pos - z0, 3) if pos is not None and z0 is not None else None})
+        top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
+        return {"request_id": request.state.request_id, "case": case_summary(outcomes, predictor.threshold),
+                "order": basis, "top": [r["index"] for r in top], "slices": results,
+                "warnings": _study_warnings(slices, basis), "model": model_ref,
+                "timing_ms": round(1000 * (time.perf_counter() - t0), 1)}
+
+    @api.get("/model", response_model=schemas.ModelCard, summary="Model card and test metrics")
+    def model() -> dict[str, Any]:
+        return card
+
+    app.include_router(api)
+
+    @app.get("/healthz", response_model=schemas.Health, summary="Liveness (no token needed)")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": model_ref}
+
+    static = resources.files("lungct.serve") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+    app.add_middleware(RequestGuard, limits={"/api/v1/predict": per_file, "/api/v1/studies": per_study})
+    return app
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, *,
+          max_upload_mb: float = 20, max_study_mb: float = 200, cors_origins: list[str] | None = None,
+          explain_method: str = "gradcam", threads: int | None = None, log_level: str = "info") -> None:
+    """Load the run's model once and serve the workstation with uvicorn (one worker) until stopped."""
+    import torch
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    if threads:
+        torch.set_num_threads(threads)
+    predictor = Predictor.from_run(run_dir)
+    app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_study_mb=max_study_mb,
+                     cors_origins=cors_origins, explain_method=explain_method, run_dir=run_dir)
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["lungct"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    if host not in LOOPBACK and token is None:
+        log.warning("serving on %s without a token: anyone who can reach this port can use the model", host)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=config, workers=1,
+                server_header=False)

@@ -1,0 +1,141 @@
+"""Response models of the REST API (they document the OpenAPI schema at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+DISCLAIMER = "Research use only — not a diagnosis."
+
+CASE_RULE = (
+    "Over the slices that passed the out-of-distribution guard: the case is 'malignant' when the "
+    "largest calibrated p(malignant) of any slice is at least the slice operating threshold (so a case "
+    "is at least as sensitive as its most suspicious slice); otherwise it is the likelier of 'benign' "
+    "and 'normal' by mean probability over those slices. The threshold was chosen for single slices, "
+    "not for cases: with many slices per case, case-level specificity is lower than slice-level. "
+    "No slice assessed: no decision."
+)
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: a one-line message and the request id (also in the X-Request-ID header)."""
+
+    detail: str
+    request_id: str | None = None
+
+
+class OODInfo(BaseModel):
+    """Out-of-distribution guard: ``flagged`` inputs get no diagnosis."""
+
+    flagged: bool
+    reason: str | None = Field(None, description="Why the input was flagged (None when not flagged).")
+    checks: dict[str, float] = Field(default_factory=dict, description="Measured guard statistics.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+    format: str = Field(description="Decoded content type: JPEG, PNG, BMP, TIFF, MPO or DICOM.")
+
+
+class ExplanationOut(BaseModel):
+    """Grad-CAM (or the configured method) for the decided class, in the original image geometry.
+
+    All images are base64 PNG of the same size: the grey slice as the model saw it (lung window
+    for DICOM), the colour-mapped heatmap alone (RGBA, alpha = importance) and a fixed 40 % blend.
+    """
+
+    method: str
+    target_class: str
+    colormap: str = "jet"
+    image_png: str
+    heatmap_png: str
+    overlay_png: str
+
+
+class SliceFields(BaseModel):
+    assessed: bool = Field(description="False when the guard flagged the input: no diagnosis given.")
+    ood: OODInfo
+    predicted_class: str | None = Field(None, description="Arg-max class (None when not assessed).")
+    probabilities: dict[str, float] | None = Field(None, description="Calibrated probabilities per class.")
+    malignant_probability: float | None = None
+    decision: str | None = Field(
+        None, description="'malignant' when p(malignant) >= threshold, else the likelier other class; "
+        "None when not assessed.")
+    decision_text: str = Field(description="Human-readable decision, 'not assessed: <reason>' for OOD input.")
+    image: ImageSize
+    explanation: ExplanationOut | None = None
+
+
+class PredictResponse(SliceFields):
+    """One slice."""
+
+    request_id: str
+    threshold: float = Field(description="Operating threshold on calibrated p(malignant).")
+    model: ModelRef
+    disclaimer: str = DISCLAIMER
+    timing_ms: float
+
+
+class SliceResult(SliceFields):
+    """One slice of a study. ``index`` is its 1-based place in display order ("slice <index>")."""
+
+    index: int
+    label: str
+    position_mm: float | None = Field(
+        None, description="DICOM position along the slice normal relative to the first slice (mm).")
+
+
+class CaseResult(BaseModel):
+    decision: str | None
+    decision_text: str
+    rule: str = CASE_RULE
+    threshold: float
+    mean_malignant_probability: float | None
+    max_malignant_probability: float | None
+    mean_probabilities: dict[str, float] | None
+    most_suspicious_slice: int | None
+    n_slices: int
+    n_assessed: int
+    n_not_assessed: int
+    n_above_threshold: int
+
+
+class StudyResponse(BaseModel):
+    """Several slices: per-slice results in display order and a case-level decision."""
+
+    request_id: str
+    case: CaseResult
+    order: str = Field(description="'position' (DICOM geometry), 'instance' (InstanceNumber) or 'upload'.")
+    top: list[int] = Field(description="Slice indices, most suspicious (highest p(malignant)) first.")
+    slices: list[SliceResult]
+    warnings: list[str] = Field(default_factory=list)
+    model: ModelRef
+    disclaimer: str = DISCLAIMER
+    timing_ms: float
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    classes: list[str]
+    threshold: float
+    temperature: float
+    preprocess: dict[str, Any]
+    intended_use: str
+    limitations: list[str]
+    run: dict[str, Any] = Field(default_factory=dict, description="run.json of the training run.")
+    metrics: dict[str, Any] | None = Field(None, description="eval/test/metrics.json when present.")
+    explain_method: str
+    disclaimer: str = DISCLAIMER
+
+
+class Health(BaseModel):
+    status: str
+    model: ModelRef

@@ -1,0 +1,180 @@
+"""The workstation's core, free of HTTP: decode + guard uploads, predict, explain, aggregate studies.
+
+One :class:`Workstation` wraps one loaded :class:`~lungct.predictor.Predictor`. Decoding, the
+out-of-distribution guard and PNG encoding run concurrently; model inference and Grad-CAM (whose
+hooks live on the shared network) run one request at a time under a lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lungct import CLASSES
+from lungct.errors import ImageReadError
+from lungct.explain import CMAP, explain_batch, heatmap_png, overlay
+from lungct.imaging import decode_bytes
+from lungct.predictor import Prediction, Predictor
+from lungct.serve import dicomio, ood
+from lungct.serve.uploads import UnsupportedType, sniff
+
+DISPLAY_MAX_SIDE = 1024
+"""Images returned for display are downsampled to at most this many px on the longer side."""
+
+OVERLAY_ALPHA = 0.4
+
+
+@dataclass
+class Slice:
+    """One decoded upload. ``image``: float32 (H, W) in [0, 1]; ``dicom``: header facts or None."""
+
+    image: np.ndarray
+    format: str
+    guard: ood.OODResult
+    dicom: dicomio.DicomSlice | None = None
+
+
+@dataclass
+class SliceOutcome:
+    """A slice after inference: prediction (None when flagged) and optional explanation images."""
+
+    slice: Slice
+    prediction: Prediction | None
+    explanation: dict[str, str] | None = None
+
+
+def decode_upload(data: bytes, label: str = "upload") -> Slice:
+    """Bytes -> :class:`Slice` (type by content). Raises UnsupportedType / ImageReadError."""
+    kind = sniff(data)
+    if kind == "zip":
+        raise UnsupportedType(f"{label}: a zip archive; send it as a study (POST /api/v1/studies)")
+    if kind == "dicom":
+        ds = dicomio.read_slice(data, label)
+        guard = ood.check_dicom(ds.hu, ds.modality, ds.axial, ds.localizer, ds.colour)
+        return Slice(ds.image, "DICOM", guard, ds)
+    img, info = decode_bytes(data, label)
+    if img.ndim != 2:
+        raise ImageReadError(f"{label}: expected a single 2-D image, got shape {img.shape}")
+    return Slice(img, info.format, ood.check_image(data, img))
+
+
+def png_b64(arr: np.ndarray, mode: str | None = None) -> str:
+    """uint8 array -> base64 PNG text (fast compression: these are transient display images)."""
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG", compress_level=3)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _display_size(img: np.ndarray) -> tuple[int, int] | None:
+    h, w = img.shape
+    if max(h, w) <= DISPLAY_MAX_SIDE:
+        return None
+    s = DISPLAY_MAX_SIDE / max(h, w)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
+    """Base64 PNGs of the grey slice, the RGBA heatmap and the 40 % blend, all the same size."""
+    size = _display_size(img)
+    if size is not None:
+        img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+        heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+    grey = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return {
+        "image_png": png_b64(grey, "L"),
+        "heatmap_png": base64.b64encode(heatmap_png(heat)).decode("ascii"),
+        "overlay_png": png_b64(overlay(img, heat, OVERLAY_ALPHA), "RGB"),
+    }
+
+
+class Workstation:
+    """A loaded predictor plus the lock that serialises inference and explanation."""
+
+    def __init__(self, predictor: Predictor, explain_method: str = "gradcam") -> None:
+        self.predictor = predictor
+        self.explain_method = explain_method
+        self._lock = threading.Lock()
+
+    def _explain(self, images: Sequence[np.ndarray], targets: Sequence[str | None]) -> list[Any]:
+        """Explanations for images (caller holds the lock); target None = the decided class."""
+        ex = explain_batch(self.predictor, images, self.explain_method, list(targets))
+        redo = [i for i, e in enumerate(ex) if targets[i] is None and e.prediction.decision != e.target_class]
+        if redo:  # explain the decision (e.g. 'malignant' above threshold but not the arg-max)
+            again = explain_batch(self.predictor, [images[i] for i in redo], self.explain_method,
+                                  [ex[i].prediction.decision for i in redo])
+            for i, e in zip(redo, again, strict=True):
+                ex[i] = e
+        return ex
+
+    def predict(self, s: Slice, explain: bool = True) -> SliceOutcome:
+        """Predict (and explain) one slice; flagged slices are not run through the model."""
+        if s.guard.flagged:
+            return SliceOutcome(s, None)
+        with self._lock:
+            if not explain:
+                return SliceOutcome(s, self.predictor.predict_images([s.image])[0])
+            ex = self._explain([s.image], [None])[0]
+        images = explanation_images(s.image, ex.heatmap)
+        return SliceOutcome(s, ex.prediction, {"method": ex.method, "target_class": ex.target_class, "colormap": CMAP,
+                                      **images})
+
+    def predict_many(self, slices: Sequence[Slice], explain_top: int = 3) -> list[SliceOutcome]:
+        """Predict every unflagged slice; explain the ``explain_top`` with the highest p(malignant)."""
+        ok = [i for i, s in enumerate(slices) if not s.guard.flagged]
+        out = [SliceOutcome(s, None) for s in slices]
+        if not ok:
+            return out
+        with self._lock:
+            preds = self.predictor.predict_images([slices[i].image for i in ok])
+        for i, p in zip(ok, preds, strict=True):
+            out[i].prediction = p
+        top = sorted(ok, key=lambda i: -out[i].prediction.malignant_probability)[: max(explain_top, 0)]
+        if top:
+            with self._lock:
+                ex = self._explain([slices[i].image for i in top], [out[i].prediction.decision for i in top])
+            for i, e in zip(top, ex, strict=True):
+                out[i].explanation = {"method": e.method, "target_class": e.target_class, "colormap": CMAP,
+                                      **explanation_images(slices[i].image, e.heatmap)}
+        return out
+
+
+def decision_text(pred: Prediction | None, guard: ood.OODResult) -> str:
+    """'malignant: p(malignant) 0.81 >= threshold 0.42' / 'not assessed: <reason>'."""
+    if pred is None:
+        return f"not assessed: {guard.reason or 'input outside what the model was trained on'}"
+    p, t = pred.malignant_probability, pred.threshold
+    return f"{pred.decision}: p(malignant) {p:.2f} {'≥' if p >= t else '<'} threshold {t:.2f}"
+
+
+def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str, Any]:
+    """Case-level decision over assessed slices (see ``schemas.CASE_RULE``). Slice numbers 1-based."""
+    assessed = [(k, o.prediction) for k, o in enumerate(outcomes, start=1) if o.prediction is not None]
+    base = {"threshold": threshold, "n_slices": len(outcomes), "n_assessed": len(assessed),
+            "n_not_assessed": len(outcomes) - len(assessed)}
+    if not assessed:
+        return {**base, "decision": None, "decision_text": "not assessed: no slice passed the input guard",
+                "mean_malignant_probability": None, "max_malignant_probability": None,
+                "mean_probabilities": None, "most_suspicious_slice": None, "n_above_threshold": 0}
+    pm = np.array([p.malignant_probability for _, p in assessed])
+    mean_probs = np.mean([p.probs for _, p in assessed], axis=0)
+    k_max = assessed[int(np.argmax(pm))][0]
+    n_above = int(np.sum(pm >= threshold))
+    if pm.max() >= threshold:
+        decision = "malignant"
+        text = f"malignant: slice {k_max} has p(malignant) {pm.max():.2f} ≥ threshold {threshold:.2f}"
+    else:
+        mal = CLASSES.index("malignant")
+        decision = CLASSES[max((i for i in range(len(CLASSES)) if i != mal), key=lambda i: mean_probs[i])]
+        text = f"{decision}: no slice reaches threshold {threshold:.2f} (max p(malignant) {pm.max():.2f})"
+    return {**base, "decision": decision, "decision_text": text,
+            "mean_malignant_probability": round(float(pm.mean()), 6),
+            "max_malignant_probability": round(float(pm.max()), 6),
+            "mean_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, mean_probs, strict=True)},
+            "most_suspicious_slice": k_max, "n_above_threshold": n_above}
