@@ -43,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
             res = run_audit(args.data, out_dir=out, progress=False)
             wall = time.perf_counter() - t0
         g, s = res.summary["groups"], res.summary
+        f = g["file_number_check"]
         print(
             f"run {k + 1}: {wall:.2f} s wall for {s['n_images']} images ({s['n_skipped']} skipped); "
-            f"{g['n_groups']} groups {g['per_class']}; threshold {g['threshold']:.3f}; "
+            f"{g['n_groups']} groups {g['per_class']}, {g['n_singletons']} singletons; "
+            f"threshold {g['threshold']:.3f}, {g['k_neighbours']} neighbours; "
             f"{len(g['label_conflicts'])} label conflicts; "
+            f"file-number check: {f['adjacent_pairs_split']}/{f['adjacent_pairs']} adjacent pairs split, "
+            f"{f['contiguous_groups']}/{f['groups_checked']} groups contiguous; "
             f"{s['duplicates']['byte']['n_sets']} byte-duplicate sets; "
             f"metadata baseline balanced accuracy {s['metadata_baseline'].get('balanced_accuracy')}"
         )

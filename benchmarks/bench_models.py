@@ -6,8 +6,9 @@ Usage::
     python benchmarks/bench_models.py --models small_cnn resnet18 --sizes 160 --iters 5
 
 Inputs are random (N, 1, S, S) float32 batches; models use random init (no download). The training
-step is forward + cross-entropy + backward + AdamW update. Timings are medians over ``--iters``
-repeats after ``--warmup`` untimed ones.
+step is forward + cross-entropy + backward + AdamW update. Each figure is measured ``--iters`` times
+after ``--warmup`` untimed repeats; the table gives the best (fastest) repeat, which approximates the
+throughput of an otherwise idle machine, and the median, which shows the effect of any contention.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from torch import nn
 from lungct.models import create_model, list_models
 
 
-def _median_seconds(step: Callable[[], None], warmup: int, iters: int) -> float:
+def _seconds(step: Callable[[], None], warmup: int, iters: int) -> tuple[float, float]:
+    """(best, median) wall-clock seconds of ``step``."""
     for _ in range(warmup):
         step()
     times = []
@@ -31,13 +33,13 @@ def _median_seconds(step: Callable[[], None], warmup: int, iters: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times), statistics.median(times)
 
 
 def bench_one(
     model: nn.Module, size: int, batch: int, warmup: int, iters: int, channels_last: bool
-) -> tuple[float, float]:
-    """(inference images/s, train-step images/s) for one model at one square input size."""
+) -> dict[str, float]:
+    """Best and median images/s for inference and for a train step, one model at one input size."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 1, size, size).contiguous(memory_format=fmt)
@@ -55,10 +57,15 @@ def bench_one(
         optimizer.step()
 
     model.eval()
-    t_infer = _median_seconds(infer, warmup, iters)
+    infer_best, infer_median = _seconds(infer, warmup, iters)
     model.train()
-    t_train = _median_seconds(train_step, warmup, iters)
-    return batch / t_infer, batch / t_train
+    train_best, train_median = _seconds(train_step, warmup, iters)
+    return {
+        "infer_best": batch / infer_best,
+        "infer_median": batch / infer_median,
+        "train_best": batch / train_best,
+        "train_median": batch / train_median,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,13 +85,16 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, threads={torch.get_num_threads()}, batch={args.batch}, "
         f"channels_last={args.channels_last}"
     )
-    print(f"{'model':<20} {'size':>5} {'params(M)':>9} {'infer img/s':>12} {'train img/s':>12}")
+    print("images/s: best (median)")
+    print(f"{'model':<20} {'size':>5} {'params(M)':>9} {'inference':>16} {'train step':>16}")
     for name in args.models:
         for size in args.sizes:
             model, _ = create_model(name, pretrained="none")
             n_params = sum(p.numel() for p in model.parameters()) / 1e6
-            infer, train = bench_one(model, size, args.batch, args.warmup, args.iters, args.channels_last)
-            print(f"{name:<20} {size:>5} {n_params:>9.2f} {infer:>12.1f} {train:>12.1f}", flush=True)
+            r = bench_one(model, size, args.batch, args.warmup, args.iters, args.channels_last)
+            infer = f"{r['infer_best']:.1f} ({r['infer_median']:.1f})"
+            train = f"{r['train_best']:.1f} ({r['train_median']:.1f})"
+            print(f"{name:<20} {size:>5} {n_params:>9.2f} {infer:>16} {train:>16}", flush=True)
 
 
 if __name__ == "__main__":

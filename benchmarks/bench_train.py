@@ -42,8 +42,11 @@ def inference_speed(run_dir: Path, threads: int = 2) -> dict[str, float]:
         t = time.perf_counter()
         pred.predict_images([im])
         lat.append((time.perf_counter() - t) * 1000)
-    return {"batched_slices_per_s": round(batched, 1), "single_ms_p50": round(statistics.median(lat), 1),
-            "single_ms_p95": round(float(np.percentile(lat, 95)), 1)}
+    return {
+        "batched_slices_per_s": round(batched, 1),
+        "single_ms_p50": round(statistics.median(lat), 1),
+        "single_ms_p95": round(float(np.percentile(lat, 95)), 1),
+    }
 
 
 def headline(run_dir: Path) -> dict:
@@ -51,15 +54,25 @@ def headline(run_dir: Path) -> dict:
     run = read_json(run_dir / "run.json")
     pc, mal = m["per_class"], m["malignant_vs_rest"]
     return {
-        "n_test": m["n"], "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-        "macro_auc": m["macro_auc"], "benign_recall": pc["benign"]["sensitivity"],
-        "normal_recall": pc["normal"]["sensitivity"], "malignant_sensitivity": mal["sensitivity"],
-        "malignant_specificity": mal["specificity"], "malignant_threshold": mal["threshold"],
-        "ece_after": m["calibration"]["ece"], "ece_before": m["calibration"].get("before", {}).get("ece"),
-        "ci95_accuracy": m["ci95"].get("accuracy"), "case_accuracy": m["case_level"]["accuracy"],
-        "case_n": m["case_level"]["n"], "train_fit_seconds": run["training"]["fit_seconds"],
-        "total_seconds": run["training"]["total_seconds"], "epochs_run": run["training"]["epochs_run"],
-        "pretrained": run["pretrained"]["source"], "leakage": run.get("leakage"),
+        "n_test": m["n"],
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_auc": m["macro_auc"],
+        "benign_recall": pc["benign"]["sensitivity"],
+        "normal_recall": pc["normal"]["sensitivity"],
+        "malignant_sensitivity": mal["sensitivity"],
+        "malignant_specificity": mal["specificity"],
+        "malignant_threshold": mal["threshold"],
+        "ece_after": m["calibration"]["ece"],
+        "ece_before": m["calibration"].get("before", {}).get("ece"),
+        "ci95_accuracy": m["ci95"].get("accuracy"),
+        "case_accuracy": m["case_level"]["accuracy"],
+        "case_n": m["case_level"]["n"],
+        "train_fit_seconds": run["training"]["fit_seconds"],
+        "total_seconds": run["training"]["total_seconds"],
+        "epochs_run": run["training"]["epochs_run"],
+        "pretrained": run["pretrained"]["source"],
+        "leakage": run.get("leakage"),
     }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct import CLASSES
+from lungct import CLASSES, audit
 from lungct.audit import CSV_HEADER, ManifestRow, choose_rule, read_manifest, run_audit, write_manifest
 from lungct.data import list_dataset
 from lungct.errors import DataError
@@ -147,7 +147,14 @@ def test_outputs_written_and_manifest_round_trips(planted):
     assert summary["groups"]["threshold"] == res.summary["groups"]["threshold"]
     md = (out / "audit.md").read_text()
     assert md.index("## Headline") < md.index("## Warnings") < md.index("## Label conflicts")
-    for needle in ("byte-identical", "label conflicts", "metadata-only baseline", "random.jpg", "threshold"):
+    for needle in (
+        "byte-identical",
+        "label conflicts",
+        "metadata-only baseline",
+        "random.jpg",
+        "threshold",
+        "file-number check",
+    ):
         assert needle in md.lower()
     base = summary["metadata_baseline"]
     assert 0.0 <= base["balanced_accuracy"] <= 1.0 and set(base["recall"]) == set(CLASSES)
@@ -167,13 +174,52 @@ def test_size_only_in_one_class_is_flagged(tmp_path):
     assert not wide_groups & {r.group_id for r in res.rows if r.width == 48}
 
 
-def test_threshold_rule_defaults_without_reference():
-    rule = choose_rule({"cross": np.full(5, 0.3), "cross_body": np.full(5, 0.3)})
-    assert rule.strict == 0.9 and "default" in rule.method
+def _reference(cross: np.ndarray, rates: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """A nearest-neighbour summary whose neighbour of rank r is of another class for rates[r] of images."""
+    n = cross.size
+    other = np.stack([np.arange(n) < round(r * n) for r in rates], axis=1)
+    return {"cross": cross, "neighbours": np.zeros((n, len(rates)), dtype=int), "neighbour_other": other}
+
+
+def test_link_rule_from_other_class_reference():
+    few = np.concatenate([np.full(5, 0.3), np.full(195, -np.inf)])
+    rule = choose_rule(_reference(few, (0.0, 0.0, 0.0)))
+    assert rule.threshold == 0.9 and rule.k == 0 and "default" in rule.method
     ref = np.linspace(0.2, 0.8, 200)
-    rule = choose_rule({"cross": ref, "cross_body": ref})
-    assert rule.strict == pytest.approx(np.percentile(ref, 99)) and rule.loose <= rule.strict
-    assert choose_rule({"cross": np.full(50, 0.999), "cross_body": ref}).strict == 0.95  # clipped
+    rule = choose_rule(_reference(ref, (0.0, 0.03, 0.2)))
+    assert rule.threshold == pytest.approx(np.percentile(ref, 95)) and rule.k == 2
+    assert choose_rule(_reference(ref, (0.0, 0.03, 0.2)), error=0.01).k == 1
+    assert choose_rule(_reference(ref, (0.1, 0.0, 0.0))).k == 0  # only leading ranks count
+    assert choose_rule(_reference(np.full(50, 0.999), (0.0,))).threshold == 0.95  # clipped
+
+
+def _row(k: int, label: int, folder: str = "N", name: str | None = None, gid: str = "") -> ManifestRow:
+    path = f"{folder}/{name or f'case ({k}).png'}"
+    return ManifestRow(path, label, CLASSES[label], f"s{k}", f"p{k}", 8, 8, "L", 10, 0.5, 0.1, gid)
+
+
+def test_neighbour_chaining_joins_a_drifting_series():
+    """Five slices whose consecutive similarity (0.8) stays under the threshold (0.9) are chained into
+    one group by nearest-neighbour links; a close image of another class (0.85) is never linked."""
+    angles = np.deg2rad([0.0, 36.87, 73.74, 110.61, 147.48, -31.79])
+    vecs = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    rows = [_row(k, 0) for k in range(5)] + [_row(5, 1)]
+    feats = (vecs, vecs, vecs)
+    nn = audit._nearest(rows, feats)
+    audit._group(rows, feats, audit.LinkRule(0.9, 0, "threshold only"), nn)
+    assert len({r.group_id for r in rows}) == 6
+    audit._group(rows, feats, audit.LinkRule(0.9, 1, "one neighbour"), nn)
+    assert len({r.group_id for r in rows[:5]}) == 1 and rows[5].group_id != rows[0].group_id
+
+
+def test_file_number_check_counts_split_pairs_and_runs():
+    groups = ["gA", "gA", "gA", "gB", "gA", "gA"]
+    rows = [_row(k + 1, 0, gid=g) for k, g in enumerate(groups)]
+    rows += [_row(7, 1, folder="B", gid="gC"), _row(0, 0, name="notes.png", gid="gB")]
+    check = audit.file_number_check(rows)
+    assert check["adjacent_pairs"] == 5 and check["adjacent_pairs_split"] == 2
+    assert check["groups_checked"] == 3 and check["contiguous_groups"] == 2  # gA is two runs
+    assert audit.file_number_check([_row(0, 0, name="a.png")])["adjacent_split_fraction"] is None
 
 
 def test_nothing_readable_raises(tmp_path):
@@ -235,7 +281,6 @@ def test_shared_non_square_sizes_mostly_malignant(shared_audit):
 def test_shared_groups_and_grouped_split_do_not_straddle(shared_audit):
     g = shared_audit.summary["groups"]
     assert 0.5 <= g["threshold"] <= 0.95
-    assert all(10 <= n < 200 for n in g["per_class"].values()), g["per_class"]
     for conflict in g["label_conflicts"]:
         assert len(conflict["classes"]) > 1
     rows = shared_audit.rows
@@ -246,3 +291,17 @@ def test_shared_groups_and_grouped_split_do_not_straddle(shared_audit):
     assert report["exact_duplicate_sets_across_splits"] == 0
     for split in ("train", "val", "test"):
         assert {r.label for r, a in zip(rows, assignment, strict=True) if a == split} == {0, 1, 2}
+
+
+@pytest.mark.shared_data
+def test_shared_groups_close_to_scan_counts(shared_audit):
+    """About 110 patients, ~80 % of them in the subset: groups per class near the scan counts, few
+    label conflicts, and few consecutively numbered same-class files in different groups."""
+    g = shared_audit.summary["groups"]
+    n = g["per_class"]
+    assert 5 <= n["benign"] <= 18 and 10 <= n["normal"] <= 60 and 10 <= n["malignant"] <= 60, n
+    assert len(g["label_conflicts"]) <= 5
+    assert g["n_singletons"] <= 10
+    check = g["file_number_check"]
+    assert check["adjacent_pairs"] > 500
+    assert check["adjacent_split_fraction"] < 0.15, check

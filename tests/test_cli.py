@@ -20,8 +20,18 @@ def _one_phantom(phantom_root: Path) -> Path:
 
 
 def test_run_folder_describes_itself(tiny_run):
-    for name in ("config.yaml", "environment.json", "run.json", "split.csv", "history.csv", "report.html",
-                 "checkpoints/best.pt", "checkpoints/last.pt", "eval/test/metrics.json", "audit/audit.json"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "run.json",
+        "split.csv",
+        "history.csv",
+        "report.html",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "eval/test/metrics.json",
+        "audit/audit.json",
+    ):
         assert (tiny_run / name).is_file(), name
     m = json.loads((tiny_run / "eval/test/metrics.json").read_text())
     for key in ("accuracy", "macro_auc", "ci95", "case_level", "calibration", "malignant_vs_rest"):
@@ -34,16 +44,38 @@ def test_predict_text_and_json(tiny_run, phantom_root, capsys):
     img = _one_phantom(phantom_root)
     assert main(["predict", "--run", str(tiny_run), "--image", str(img)]) == 0
     assert "malignant threshold" in capsys.readouterr().out
-    assert main(["predict", "--run", str(tiny_run), "--image", str(phantom_root / "Normal cases"), "--json"]) == 0
+    assert (
+        main(["predict", "--run", str(tiny_run), "--image", str(phantom_root / "Normal cases"), "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["predictions"]) == len(list((phantom_root / "Normal cases").iterdir()))
     p = out["predictions"][0]
-    assert abs(sum(p["probabilities"].values()) - 1) < 1e-4 and p["decision"] in ("normal", "benign", "malignant")
+    assert abs(sum(p["probabilities"].values()) - 1) < 1e-4 and p["decision"] in (
+        "normal",
+        "benign",
+        "malignant",
+    )
 
 
 def test_evaluate_external_folder(tiny_run, phantom_root, tmp_path, capsys):
-    assert main(["evaluate", "--run", str(tiny_run), "--data", str(phantom_root), "--out", str(tmp_path / "ev"),
-                 "--n-boot", "20", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(tiny_run),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(tmp_path / "ev"),
+                "--n-boot",
+                "20",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n"] == 63 and (tmp_path / "ev" / "roc.png").is_file()
 
@@ -61,8 +93,12 @@ def test_evaluate_external_folder(tiny_run, phantom_root, tmp_path, capsys):
 def test_bad_input_is_one_line_and_nonzero(argv, needle, tiny_run, phantom_root, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("epochz: 3\n")
     (tmp_path / "garbage.jpg").write_bytes(b"definitely not a jpeg")
-    sub = {"{tmp}": str(tmp_path), "{data}": str(phantom_root), "{img}": str(_one_phantom(phantom_root)),
-           "{run}": str(tiny_run)}
+    sub = {
+        "{tmp}": str(tmp_path),
+        "{data}": str(phantom_root),
+        "{img}": str(_one_phantom(phantom_root)),
+        "{run}": str(tiny_run),
+    }
     args = []
     for a in argv:
         for k, v in sub.items():
@@ -85,16 +121,59 @@ def test_corrupt_checkpoint_is_reported(tiny_run, phantom_root, tmp_path, capsys
 def test_seed_scripts_run_end_to_end(phantom_root, tmp_path):
     run = tmp_path / "seedrun"
     common = dict(cwd=REPO, capture_output=True, text=True, timeout=600)
-    r = subprocess.run([sys.executable, "train_model.py", "--data", str(phantom_root), "--out", str(run),
-                        "--model", "small_cnn", "--pretrained", "none", "--image-size", "32", "--epochs", "1",
-                        "--n-boot", "10", "--quiet"], **common)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "train_model.py",
+            "--data",
+            str(phantom_root),
+            "--out",
+            str(run),
+            "--model",
+            "small_cnn",
+            "--pretrained",
+            "none",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--n-boot",
+            "10",
+            "--quiet",
+        ],
+        **common,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (run / "report.html").is_file()
-    r = subprocess.run([sys.executable, "test_model.py", "--run", str(run), "--data", str(phantom_root),
-                        "--out", str(tmp_path / "ev"), "--n-boot", "10", "--quiet"], **common)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "test_model.py",
+            "--run",
+            str(run),
+            "--data",
+            str(phantom_root),
+            "--out",
+            str(tmp_path / "ev"),
+            "--n-boot",
+            "10",
+            "--quiet",
+        ],
+        **common,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "accuracy" in r.stdout
-    r = subprocess.run([sys.executable, "predict.py", "--run", str(run), "--image",
-                        str(_one_phantom(phantom_root)), "--json"], **common)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            "--run",
+            str(run),
+            "--image",
+            str(_one_phantom(phantom_root)),
+            "--json",
+        ],
+        **common,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["predictions"][0]["decision"] in ("normal", "benign", "malignant")

@@ -23,8 +23,15 @@ def test_cli_overrides_win_over_file(tmp_path):
 
 @pytest.mark.parametrize(
     "values",
-    [{"epochs_typo": 3}, {"epochs": "many"}, {"epochs": 2.5}, {"split": "leaky"}, {"augment": "maybe"},
-     {"lr": -1}, {"val_fraction": 0.7}],
+    [
+        {"epochs_typo": 3},
+        {"epochs": "many"},
+        {"epochs": 2.5},
+        {"split": "leaky"},
+        {"augment": "maybe"},
+        {"lr": -1},
+        {"val_fraction": 0.7},
+    ],
 )
 def test_bad_values_are_rejected(values):
     with pytest.raises(ConfigError):

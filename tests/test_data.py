@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct.data import data_available, download, find_class_dirs, list_dataset, parse_class_map, resolve_data_dir
+from lungct.data import (
+    data_available,
+    download,
+    find_class_dirs,
+    list_dataset,
+    parse_class_map,
+    resolve_data_dir,
+)
 from lungct.errors import DataError
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_dicom_hu_windowing_matches_rescale_and_window():
     expected = np.clip((hu - (LUNG_WINDOW.level - LUNG_WINDOW.width / 2)) / LUNG_WINDOW.width, 0, 1)
     np.testing.assert_allclose(img, expected, atol=1e-6)
     # A narrow soft-tissue window saturates more pixels than the wide lung window.
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     chans = dicom_windows(data, [LUNG_WINDOW, Window(40, 80)])
     assert chans.shape == (2, *hu.shape)
     assert (chans[1] == 1).mean() > (chans[0] == 1).mean()
@@ -98,7 +99,7 @@ def test_decompression_bomb_header_is_refused():
 
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-    with pytest.raises(ImageReadError, match="limit|not a readable"):
+    with pytest.raises(ImageReadError, match=r"limit|not a readable"):
         decode_bytes(data)
 
 

@@ -1,35 +1,43 @@
 """Data audit: manifest, exact duplicates, reconstructed scan groups, label conflicts, confounders.
 
 The IQ-OTH/NCCD release has no patient ids, about ten near-identical consecutive slices per scan and
-byte-identical duplicate files, so images are grouped by *content*:
+byte-identical duplicate files, so images are grouped by *content*, using features that stay similar
+across the slices of one scan rather than fine texture. Each image is resized to 64x64 (box filter):
 
-* features: the image resized to 64x64 (box filter), its gradient magnitude (weight 2/3) and its
-  intensities (weight 1/3), each made zero-mean and unit-norm; similarity is the cosine (dot product);
-* only images of the same size are compared;
-* a second, coarse feature is the body silhouette (foreground mask with holes filled, couch included),
-  which stays similar across slices of one scan when the anatomy inside changes;
-* thresholds come from the data: for every image, its most similar image of *another* class is taken
-  as a "different patient" reference. Two images are linked when their content similarity exceeds the
-  99th percentile of that reference (clipped to [0.5, 0.95]: above 0.95 is a near-copy, always linked),
-  or when content exceeds the 95th and silhouette similarity the 95th percentile of theirs;
-* images of *different* classes are linked only as near-copies (content > max(threshold, 0.9)): a
-  percentile rule lets about 1 % of images through by construction, and shared couch and body shape
-  make different patients look alike, so weaker evidence would report label conflicts that are not;
+* appearance: gradient magnitude (weight 2/3) and intensities (1/3);
+* lower-half edges: vertical intensity steps in the lower half (couch, table height, back outline);
+* silhouette: the foreground mask, blurred and reduced to 32x32 (body outline and position);
+
+each zero-mean and unit-norm; the similarity of two images is the mean of the three cosines, and only
+images of the same size are compared. Links come from the data, with one error level ``ERROR_RATE``
+(5 %), taking images of *another* class as the "different patient" reference:
+
+* same-class images are linked when their similarity exceeds the 95th percentile of each image's most
+  similar other-class image (clipped to [0.5, 0.95]);
+* every image is also linked to those of its ``k`` nearest same-size neighbours that share its class,
+  where ``k`` (at most ``K_MAX``) counts the leading neighbour ranks at which no more than 5 % of images
+  find an image of another class (single-linkage chaining through consecutive slices);
+* images of *different* classes are linked only as near-copies (appearance similarity > 0.9): shared
+  couch and body shape make different patients look alike, so weaker evidence would report label
+  conflicts that are not;
 * linked pairs and exact duplicates (same bytes or same pixels) form groups (connected components).
 
-A group that holds more than one label is a label conflict: the same scan filed under two classes.
+The rule errs on merging, the safe side for group splits. A group that holds more than one label is a
+label conflict: the same scan filed under two classes. File names are never used for grouping; where
+they carry numbers ("case (12).jpg") the audit reports, as an independent check, how many same-class
+files numbered n and n+1 fall into different groups.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -48,15 +56,24 @@ from lungct.imaging import decode_bytes
 log = logging.getLogger("lungct")
 
 FEATURE_SIZE = 64
-PERCENTILE = 99.0
-JOINT_PERCENTILE = 95.0
+FOREGROUND = 0.05
+"""Silhouette: pixels above this fraction of the 1st-99th percentile intensity range."""
+ERROR_RATE = 0.05
+"""Accepted share of images linked to a different patient, judged against other-class images."""
+K_MAX = 3
+"""At most this many nearest neighbours per image are chained; deeper chaining merged visibly
+different scans of one class on the IQ-OTH/NCCD release."""
 THRESHOLD_BOUNDS = (0.5, 0.95)
 DEFAULT_THRESHOLD = 0.9
 CONFLICT_MIN = 0.9
-"""Images of different classes are linked (a label conflict) only above this content similarity."""
+"""Images of different classes are linked (a label conflict) only above this appearance similarity."""
 MIN_REFERENCE = 20
 BLOCK = 1024
 META_FEATURES = ("width", "height", "aspect", "bytes", "bytes_per_pixel", "mean", "std")
+PARTS = ("appearance", "lower-half edges", "silhouette")
+Feats = tuple[np.ndarray, ...]
+"""Feature matrices, one (N, D) float32 array per part of :data:`PARTS`."""
+_NUMBER = re.compile(r"(\d+)\D*$")
 
 
 @dataclass
@@ -94,21 +111,17 @@ class AuditResult:
 
 @dataclass(frozen=True)
 class LinkRule:
-    """Same-size images are linked when content > strict, or content > loose and silhouette > body."""
+    """Same-size images of one class are linked when their similarity exceeds ``threshold`` or one is
+    among the ``k`` nearest neighbours of the other; different classes only when appearance > ``conflict``."""
 
-    strict: float
-    loose: float
-    body: float
+    threshold: float
+    k: int
     method: str
+    conflict: float = CONFLICT_MIN
 
-    @property
-    def conflict(self) -> float:
-        return max(self.strict, CONFLICT_MIN)
-
-    def links(self, content: np.ndarray, body: np.ndarray, cross: np.ndarray) -> np.ndarray:
-        """Bool links; ``cross`` marks pairs of different classes, which need content > ``conflict``."""
-        same = (content > self.strict) | ((content > self.loose) & (body > self.body))
-        return np.where(cross, content > self.conflict, same)
+    def links(self, combined: np.ndarray, appearance: np.ndarray, cross: np.ndarray) -> np.ndarray:
+        """Bool threshold links; ``cross`` marks pairs of different classes."""
+        return np.where(cross, appearance > self.conflict, combined > self.threshold)
 
 
 def _unit(x: np.ndarray, weight: float = 1.0) -> np.ndarray:
@@ -117,19 +130,19 @@ def _unit(x: np.ndarray, weight: float = 1.0) -> np.ndarray:
     return v * np.float32(np.sqrt(weight) / n) if n > 1e-8 else np.zeros_like(v)
 
 
-def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (H, W) image -> (content (2*64*64,), silhouette (64*64,)) float32 unit vectors.
-
-    Content: gradient magnitude (weight 2/3) and intensities (1/3) of the 64x64 box-resized image.
-    Silhouette: pixels above 8 % of the 1-99th percentile range, closed and hole-filled."""
+def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 (H, W) image -> (appearance (2*64*64,), lower-half edges (31*64,), silhouette (32*32,))
+    float32 unit vectors (see the module docstring)."""
     small = np.asarray(
         Image.fromarray(img.astype(np.float32)).resize((FEATURE_SIZE, FEATURE_SIZE), Image.Resampling.BOX),
         dtype=np.float32,
     )
-    content = np.concatenate([_unit(np.hypot(*np.gradient(small)), 2 / 3), _unit(small, 1 / 3)])
+    look = np.concatenate([_unit(np.hypot(*np.gradient(small)), 2 / 3), _unit(small, 1 / 3)])
+    lower = _unit(np.abs(np.diff(small[FEATURE_SIZE // 2 :], axis=0)))
     lo, hi = np.percentile(small, [1, 99])
-    body = ndimage.binary_fill_holes(ndimage.binary_closing(small > lo + 0.08 * (hi - lo)))
-    return content, _unit(body.astype(np.float32))
+    fg = ndimage.gaussian_filter((small > lo + FOREGROUND * (hi - lo)).astype(np.float32), 1.0)
+    half = FEATURE_SIZE // 2
+    return look, lower, _unit(fg.reshape(half, 2, half, 2).mean(axis=(1, 3)))
 
 
 def _pixel_digest(img: np.ndarray) -> str:
@@ -137,10 +150,10 @@ def _pixel_digest(img: np.ndarray) -> str:
 
 
 def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
-    """Read every listed file once: rows, feature matrix (N, D) and skipped (path, reason)."""
+    """Read every listed file once: rows, feature matrices (one (N, D) per part) and skipped files."""
     listing = list_dataset(root, class_map)
     skipped = [(p.relative_to(root).as_posix(), why) for p, why in listing.skipped]
-    rows, content, body = [], [], []
+    rows, parts = [], ([], [], [])
     for s in tqdm(listing.samples, desc="audit", unit="img", disable=not progress):
         rel = s.path.relative_to(root).as_posix()
         try:
@@ -155,12 +168,11 @@ def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
         digests = (hashlib.sha256(data).hexdigest(), _pixel_digest(img))
         w, h, stats = info.width, info.height, (float(img.mean()), float(img.std()))
         rows.append(ManifestRow(rel, s.label, s.class_name, *digests, w, h, info.mode, len(data), *stats))
-        c, b = _features(img)
-        content.append(c)
-        body.append(b)
+        for store, f in zip(parts, _features(img), strict=True):
+            store.append(f)
     for rel, why in skipped:
         log.warning("skipped %s: %s", rel, why)
-    feats = (np.stack(content), np.stack(body)) if rows else (np.zeros((0, 1)), np.zeros((0, 1)))
+    feats = tuple(np.stack(f) if rows else np.zeros((0, 1), np.float32) for f in parts)
     return rows, feats, skipped
 
 
@@ -183,8 +195,9 @@ def _codes(values: list[str]) -> np.ndarray:
     return np.unique(np.array(values), return_inverse=True)[1]
 
 
-def _blocks(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray]):
-    """Yield (row indices, column indices, content and silhouette similarity blocks, exact-copy mask)."""
+def _blocks(rows: list[ManifestRow], feats: Feats):
+    """Yield (row indices, column indices, combined and appearance similarity blocks, exact-copy mask)
+    for every same-size bucket; the exact-copy mask includes each image itself."""
     sha, pix = _codes([r.sha256 for r in rows]), _codes([r.pixel_sha256 for r in rows])
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
@@ -195,63 +208,85 @@ def _blocks(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray]):
             b = cols[start : start + BLOCK]
             sims = [f[b] @ f[cols].T for f in feats]
             exact = (sha[b][:, None] == sha[cols][None, :]) | (pix[b][:, None] == pix[cols][None, :])
-            yield b, cols, sims[0], sims[1], exact
+            yield b, cols, sum(sims) / len(sims), sims[0], exact
 
 
-def _nearest(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per image, the highest content similarity to an image of another class ("cross") and of its own
-    class ("same"), and the highest silhouette similarity to another class ("cross_body"); exact copies
-    and the image itself are excluded; -inf where there is no candidate."""
-    labels = np.array([r.label for r in rows])
-    out = {k: np.full(len(rows), -np.inf) for k in ("cross", "same", "cross_body")}
-    for b, cols, content, body, exact in _blocks(rows, feats):
+def _nearest(rows: list[ManifestRow], feats: Feats) -> dict[str, np.ndarray]:
+    """Per image, the highest combined similarity to an image of another class ("cross") and of its own
+    class ("same"), its ``K_MAX`` nearest same-size images ("neighbours", -1 where none) and whether
+    each is of another class ("neighbour_other"). Exact copies and the image itself are excluded."""
+    labels, n = np.array([r.label for r in rows]), len(rows)
+    out = {k: np.full(n, -np.inf) for k in ("cross", "same")}
+    out["neighbours"] = np.full((n, K_MAX), -1)
+    for b, cols, combined, _, exact in _blocks(rows, feats):
+        s = np.where(exact, -np.inf, combined)
         other = labels[b][:, None] != labels[cols][None, :]
-        out["cross"][b] = np.where(other & ~exact, content, -np.inf).max(axis=1)
-        out["same"][b] = np.where(~other & ~exact, content, -np.inf).max(axis=1)
-        out["cross_body"][b] = np.where(other & ~exact, body, -np.inf).max(axis=1)
+        out["cross"][b] = np.where(other, s, -np.inf).max(axis=1)
+        out["same"][b] = np.where(other, -np.inf, s).max(axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :K_MAX]
+        found = np.isfinite(np.take_along_axis(s, top, axis=1))
+        out["neighbours"][b, : top.shape[1]] = np.where(found, cols[top], -1)
+    nb = out["neighbours"]
+    out["neighbour_other"] = (nb >= 0) & (labels[np.maximum(nb, 0)] != labels[:, None])
     return out
 
 
-def choose_rule(
-    nn: dict[str, np.ndarray], percentile: float = PERCENTILE, joint: float = JOINT_PERCENTILE
-) -> LinkRule:
-    """Link thresholds from nearest other-class similarities (the different-patient reference)."""
-    ref, ref_body = nn["cross"][np.isfinite(nn["cross"])], nn["cross_body"][np.isfinite(nn["cross_body"])]
+def rank_cross_rates(nn: dict[str, np.ndarray]) -> list[float]:
+    """Per neighbour rank (1st, 2nd, ...): the share of images whose neighbour of that rank is of another
+    class, among images with a same-size image of another class (NaN where there is none)."""
+    ref = np.isfinite(nn["cross"])
+    out = []
+    for r in range(nn["neighbours"].shape[1]):
+        sel = ref & (nn["neighbours"][:, r] >= 0)
+        out.append(float(nn["neighbour_other"][sel, r].mean()) if sel.any() else float("nan"))
+    return out
+
+
+def choose_rule(nn: dict[str, np.ndarray], error: float = ERROR_RATE) -> LinkRule:
+    """Threshold and neighbour count from other-class similarities (the different-patient reference):
+    the threshold is the (1 - error) quantile of each image's most similar other-class image; ``k``
+    counts the leading neighbour ranks whose other-class share is at most ``error``."""
+    ref = nn["cross"][np.isfinite(nn["cross"])]
     if ref.size < MIN_REFERENCE:
         return LinkRule(
             DEFAULT_THRESHOLD,
-            np.inf,
-            np.inf,
-            f"default content similarity {DEFAULT_THRESHOLD} "
-            f"(only {ref.size} images have a same-size image of another class; {MIN_REFERENCE} needed)",
+            0,
+            f"similarity > default {DEFAULT_THRESHOLD} (only {ref.size} images have a same-size image of "
+            f"another class; {MIN_REFERENCE} needed); different classes when appearance > {CONFLICT_MIN}",
         )
-    raw = float(np.percentile(ref, percentile))
-    strict = float(np.clip(raw, *THRESHOLD_BOUNDS))
-    loose = float(np.clip(np.percentile(ref, joint), THRESHOLD_BOUNDS[0], strict))
-    body = float(np.percentile(ref_body, joint))
+    q = 100 * (1 - error)
+    raw = float(np.percentile(ref, q))
+    threshold = float(np.clip(raw, *THRESHOLD_BOUNDS))
+    rates = rank_cross_rates(nn)
+    k = 0
+    while k < len(rates) and rates[k] <= error:
+        k += 1
     how = (
-        f"content > {strict:.3f} (the {percentile:g}th percentile of each image's most similar other-class "
-        f"image, n={ref.size}: {raw:.3f}"
-        + (f", clipped to {list(THRESHOLD_BOUNDS)}" if strict != raw else "")
-        + f"), or content > {loose:.3f} and silhouette > {body:.3f} (both {joint:g}th percentiles); "
-        f"images of different classes only when content > {max(strict, CONFLICT_MIN):.3f} (near-copies)"
+        f"same class: similarity > {threshold:.3f} (the {q:g}th percentile of each image's most similar "
+        f"other-class image, n={ref.size}: {raw:.3f}"
+        + (f", clipped to {list(THRESHOLD_BOUNDS)}" if threshold != raw else "")
+        + f") or among the {k} nearest same-size neighbours (ranks where at most {error:.0%} of images "
+        f"find another class; at most {K_MAX}); different classes: appearance > {CONFLICT_MIN} (near-copies)"
     )
-    return LinkRule(strict, loose, body, how)
+    return LinkRule(threshold, k, how)
 
 
-def _group(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray], rule: LinkRule) -> float:
+def _group(rows: list[ManifestRow], feats: Feats, rule: LinkRule, nn: dict[str, np.ndarray]) -> float:
     """Set ``group_id`` on every row (connected components of rule links and exact copies). Returns the
     fraction of images the rule links directly to an image of another class."""
-    labels = np.array([r.label for r in rows])
+    labels, n = np.array([r.label for r in rows]), len(rows)
     ii, jj, crossed = [], [], 0
-    for b, cols, content, body, exact in _blocks(rows, feats):
+    for b, cols, combined, look, exact in _blocks(rows, feats):
         cross = labels[b][:, None] != labels[cols][None, :]
-        link = rule.links(content, body, cross)
+        link = rule.links(combined, look, cross)
         crossed += int((link & ~exact & cross).any(axis=1).sum())
         r, c = np.nonzero(link | exact)
         ii.append(b[r])
         jj.append(cols[c])
-    n = len(rows)
+    nb = nn["neighbours"][:, : rule.k]
+    near = (nb >= 0) & ~nn["neighbour_other"][:, : rule.k]
+    ii.append(np.nonzero(near)[0])
+    jj.append(nb[near])
     i, j = np.concatenate(ii), np.concatenate(jj)
     _, comp = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(n, n)), directed=False)
     order = {c: k for k, c in enumerate(dict.fromkeys(comp.tolist()))}  # number by first appearance
@@ -259,6 +294,44 @@ def _group(rows: list[ManifestRow], feats: tuple[np.ndarray, np.ndarray], rule: 
     for r, c in zip(rows, comp, strict=True):
         r.group_id = f"g{order[c] + 1:0{width}d}"
     return crossed / n
+
+
+def file_number_check(rows: list[ManifestRow]) -> dict[str, Any]:
+    """Independent check of the groups from file numbers ('case (12).jpg'), never used for grouping.
+
+    Same-class files numbered n and n+1 in one folder are usually consecutive slices of one scan: a pair
+    in different groups is a scan boundary or under-merging. A group is contiguous when, per folder, its
+    numbered files form one run in file-number order; several runs mean one patient's separate series
+    or over-merging."""
+    seq: dict[tuple[int, str], list[tuple[int, str]]] = defaultdict(list)
+    for r in rows:
+        p = PurePosixPath(r.path)
+        m = _NUMBER.search(p.stem)
+        if m:
+            seq[(r.label, str(p.parent))].append((int(m.group(1)), r.group_id))
+    pairs = split = 0
+    runs: Counter[str] = Counter()
+    folders: dict[str, set[tuple[int, str]]] = defaultdict(set)
+    for key, items in seq.items():
+        items.sort()
+        for k, (num, gid) in enumerate(items):
+            folders[gid].add(key)
+            prev = items[k - 1] if k else None
+            runs[gid] += prev is None or prev[1] != gid
+            if prev is not None and prev[0] == num - 1:
+                pairs += 1
+                split += prev[1] != gid
+    contiguous = sum(runs[g] == len(f) for g, f in folders.items())
+    return {
+        "numbered_images": sum(len(v) for v in seq.values()),
+        "adjacent_pairs": pairs,
+        "adjacent_pairs_split": split,
+        "adjacent_split_fraction": round(split / pairs, 4) if pairs else None,
+        "groups_checked": len(folders),
+        "contiguous_groups": contiguous,
+        "contiguous_fraction": round(contiguous / len(folders), 4) if folders else None,
+        "note": "file numbers are used for this check only, never for grouping",
+    }
 
 
 def _dup_report(rows: list[ManifestRow], sets: list[list[int]]) -> dict[str, Any]:
@@ -285,26 +358,49 @@ def _pct(x: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:
 
 
 def _group_report(
-    rows, content: np.ndarray, rule: LinkRule, nn: dict[str, np.ndarray], cross_rate: float
+    rows: list[ManifestRow], content: np.ndarray, rule: LinkRule, nn: dict[str, np.ndarray], cross_rate: float
 ) -> dict[str, Any]:
     members: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         members[r.group_id].append(i)
     sizes = np.array([len(m) for m in members.values()])
     n = len(rows)
-    per_class = {c: len({r.group_id for r in rows if r.class_name == c}) for c in CLASSES}
-    conflicts = []
+    bins = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-20", 11, 20), ("21-50", 21, 50), (">50", 51, n))
+    return {
+        "n_groups": len(members),
+        "per_class": {c: len({r.group_id for r in rows if r.class_name == c}) for c in CLASSES},
+        "threshold": round(rule.threshold, 4),
+        "k_neighbours": rule.k,
+        "conflict_appearance_threshold": rule.conflict,
+        "threshold_method": rule.method,
+        "feature": f"mean cosine of {', '.join(PARTS)} of the {FEATURE_SIZE}x{FEATURE_SIZE} box-resized "
+        "image (each zero-mean, unit-norm); same size only",
+        "images_linked_across_classes": round(cross_rate, 4),
+        "size_distribution": {name: int(((sizes >= lo) & (sizes <= hi)).sum()) for name, lo, hi in bins},
+        "n_singletons": int((sizes == 1).sum()),
+        "size_min": int(sizes.min()),
+        "size_median": float(np.median(sizes)),
+        "size_max": int(sizes.max()),
+        "mean_images_per_group": round(float(sizes.mean()), 2),
+        "images_with_near_duplicate": int((nn["same"] > rule.threshold).sum()),
+        "cross_class_nn_percentiles": _pct(nn["cross"], (50, 90, 95, 99, 100)),
+        "same_class_nn_percentiles": _pct(nn["same"], (10, 25, 50, 75)),
+        "rank_cross_rates": [None if np.isnan(x) else round(x, 4) for x in rank_cross_rates(nn)],
+        "file_number_check": file_number_check(rows),
+        "label_conflicts": _conflicts(rows, members, content),
+    }
+
+
+def _conflicts(rows: list[ManifestRow], members: dict[str, list[int]], content: np.ndarray) -> list[dict]:
+    out = []
     for gid, m in members.items():
-        labels = {rows[i].label for i in m}
-        if len(labels) < 2:
+        if len({rows[i].label for i in m}) < 2:
             continue
         lab = np.array([rows[i].label for i in m])
-        sim = content[m] @ content[m].T
-        same_size = np.array(
-            [[rows[a].width == rows[b].width and rows[a].height == rows[b].height for b in m] for a in m]
-        )
-        cross = sim[(lab[:, None] != lab[None, :]) & same_size]
-        conflicts.append(
+        size = np.array([(rows[i].width, rows[i].height) for i in m])
+        same_size = (size[:, None, :] == size[None, :, :]).all(axis=2)
+        cross = (content[m] @ content[m].T)[(lab[:, None] != lab[None, :]) & same_size]
+        out.append(
             {
                 "group_id": gid,
                 "n_images": len(m),
@@ -313,30 +409,7 @@ def _group_report(
                 "paths": [rows[i].path for i in m],
             }
         )
-    bins = (("1", 1, 1), ("2-5", 2, 5), ("6-10", 6, 10), ("11-20", 11, 20), ("21-50", 21, 50), (">50", 51, n))
-    hist = {name: int(((sizes >= lo) & (sizes <= hi)).sum()) for name, lo, hi in bins}
-    return {
-        "n_groups": len(members),
-        "per_class": per_class,
-        "threshold": round(rule.strict, 4),
-        "joint_content_threshold": round(rule.loose, 4) if np.isfinite(rule.loose) else None,
-        "joint_silhouette_threshold": round(rule.body, 4) if np.isfinite(rule.body) else None,
-        "threshold_method": rule.method,
-        "feature": f"content: {FEATURE_SIZE}x{FEATURE_SIZE} gradient magnitude (2/3) + intensity (1/3); "
-        "silhouette: filled foreground mask; zero-mean unit-norm, cosine; same size only",
-        "images_linked_across_classes": round(cross_rate, 4),
-        "size_distribution": hist,
-        "n_singletons": int((sizes == 1).sum()),
-        "size_min": int(sizes.min()),
-        "size_median": float(np.median(sizes)),
-        "size_max": int(sizes.max()),
-        "mean_images_per_group": round(float(sizes.mean()), 2),
-        "images_with_near_duplicate": int((nn["same"] > rule.strict).sum()),
-        "cross_class_nn_percentiles": _pct(nn["cross"], (50, 90, 95, 99, 100)),
-        "same_class_nn_percentiles": _pct(nn["same"], (10, 25, 50, 75)),
-        "cross_class_silhouette_nn_percentiles": _pct(nn["cross_body"], (50, 95, 99)),
-        "label_conflicts": conflicts,
-    }
+    return out
 
 
 def _stats(x: list[float], nd: int = 4) -> dict[str, float]:
@@ -411,49 +484,12 @@ def metadata_baseline(rows: list[ManifestRow], seed: int = 0, n_splits: int = 5)
     }
 
 
-def _warnings(s: dict[str, Any], size_table: dict[str, dict[str, int]]) -> list[str]:
-    out = []
-    if s["n_skipped"]:
-        out.append(f"{s['n_skipped']} file(s) skipped as unreadable or not images (listed below).")
-    b, p = s["duplicates"]["byte"], s["duplicates"]["pixel"]
-    if b["n_sets"]:
-        out.append(
-            f"{b['n_sets']} sets of byte-identical files ({b['n_redundant_files']} redundant copies, "
-            f"{b['n_cross_class_sets']} across classes)."
-        )
-    if p["n_sets"]:
-        out.append(f"{p['n_sets']} sets of pixel-identical files with different bytes.")
-    if s["groups"]["label_conflicts"]:
-        out.append(
-            f"{len(s['groups']['label_conflicts'])} scan group(s) hold more than one class "
-            "(label conflicts, listed below)."
-        )
-    if len(size_table) > 1:
-        main = next(iter(size_table))
-        for size, counts in list(size_table.items())[1:]:
-            owners = [c for c, n in counts.items() if n]
-            if len(owners) == 1:
-                out.append(
-                    f"all {counts[owners[0]]} images of size {size} are {owners[0]} "
-                    "(image size reveals the class)."
-                )
-        out.append(
-            f"{sum(sum(v.values()) for k, v in size_table.items() if k != main)} image(s) are not {main}."
-        )
-    m = s["metadata_baseline"]
-    if "balanced_accuracy" in m and m["balanced_accuracy"] > m["chance_balanced_accuracy"] + 0.1:
-        out.append(
-            f"metadata alone (size, file bytes, intensity statistics) predicts the class with balanced "
-            f"accuracy {m['balanced_accuracy']:.2f} (chance {m['chance_balanced_accuracy']:.2f}) "
-            "under group-wise CV: a CNN can use these shortcuts."
-        )
-    return out
-
-
 def run_audit(
     root: Path, class_map: dict[str, str] | None = None, out_dir: Path | None = None, progress: bool = True
 ) -> AuditResult:
     """Audit the dataset under ``root``; write manifest.csv, audit.json, audit.md (+ PNGs) to ``out_dir``."""
+    from lungct.audit_report import audit_warnings, write_audit  # the report module imports this one
+
     t0 = time.time()
     root = Path(root)
     rows, feats, skipped = _scan(root, class_map, progress)
@@ -463,7 +499,7 @@ def run_audit(
     with threadpool_limits(limits=1, user_api="blas"):  # small products; threads only contend on 2 cores
         nn = _nearest(rows, feats)
         rule = choose_rule(nn)
-        cross_rate = _group(rows, feats, rule)
+        cross_rate = _group(rows, feats, rule, nn)
     per_class, size_table = _class_report(rows)
     pixel_sets = [s for s in _duplicate_sets(rows, "pixel_sha256") if len({rows[i].sha256 for i in s}) > 1]
     summary: dict[str, Any] = {
@@ -483,13 +519,14 @@ def run_audit(
         "non_square_by_class": {c: per_class[c].get("non_square", 0) for c in CLASSES},
         "metadata_baseline": metadata_baseline(rows),
     }
-    summary["warnings"] = _warnings(summary, size_table)
+    summary["warnings"] = audit_warnings(summary, size_table)
     summary["seconds"] = round(time.time() - t0, 2)
     log.info(
-        "audit: %d images, %d groups (threshold %.3f), %d skipped",
+        "audit: %d images, %d groups (threshold %.3f, %d neighbours), %d skipped",
         len(rows),
         summary["groups"]["n_groups"],
-        rule.strict,
+        rule.threshold,
+        rule.k,
         len(skipped),
     )
     result = AuditResult(root, rows, skipped, summary)
@@ -542,216 +579,3 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path}: malformed manifest row ({exc})") from exc
     return out
-
-
-def write_audit(result: AuditResult, out_dir: Path, nn: dict[str, np.ndarray] | None = None) -> None:
-    """Write manifest.csv, audit.json, audit.md and two PNG figures (size by class, similarity)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(result.rows, out_dir / "manifest.csv")
-    s = result.summary
-    s["figures"] = _figures(s, out_dir, nn)
-    (out_dir / "audit.json").write_text(json.dumps(s, indent=2, allow_nan=False), encoding="utf-8")
-    (out_dir / "audit.md").write_text(render_markdown(s), encoding="utf-8")
-
-
-def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None) -> list[str]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    sizes = list(s["size_by_class"])
-    x = np.arange(len(sizes))
-    for k, c in enumerate(CLASSES):
-        bars = ax.bar(x + (k - 1) * 0.27, [s["size_by_class"][z][c] for z in sizes], 0.27, label=c)
-        ax.bar_label(bars, fontsize=8)
-    ax.set_xticks(x, sizes)
-    ax.set(xlabel="image size (W x H)", ylabel="images", title="Image size by class")
-    ax.legend()
-    fig.savefig(out_dir / "sizes_by_class.png")
-    names = ["sizes_by_class.png"]
-    if nn is not None:
-        fig = Figure(figsize=(7, 3.5), dpi=110, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        vals = [
-            (v[np.isfinite(v)], lab)
-            for v, lab in (
-                (nn["same"], "nearest same-class image"),
-                (nn["cross"], "nearest other-class image"),
-            )
-        ]
-        lo = min([float(v.min()) for v, _ in vals if v.size] + [0.9])
-        bins = np.linspace(np.floor(lo * 10) / 10, 1.0, 61)
-        for v, lab in vals:
-            ax.hist(v, bins=bins, alpha=0.6, label=lab)
-        ax.axvline(
-            s["groups"]["threshold"], color="k", ls="--", label=f"threshold {s['groups']['threshold']:.3f}"
-        )
-        ax.set(xlabel="content similarity", ylabel="images", title="Nearest-neighbour similarity")
-        ax.legend(loc="upper left")
-        fig.savefig(out_dir / "similarity.png")
-        names.append("similarity.png")
-    return names
-
-
-def _table(header: str, body: list[list[Any]]) -> str:
-    """Markdown table; ``header`` is '|'-separated; an empty body gives 'none'."""
-    lines = [f"| {header.replace('|', ' | ')} |", "|" + "---|" * (header.count("|") + 1)]
-    return (
-        "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in body]) if body else "none"
-    )
-
-
-REPORT = """# Data audit: {root}
-
-lungct {lungct_version}; {seconds} s.
-
-## Headline
-
-| what | value |
-|---|---|
-| readable images | {n_images} |
-| classes | {classes_text} |
-| skipped files | {n_skipped} |
-| byte-identical duplicates | {byte[n_sets]} sets, {byte[n_pairs]} pairs, {byte[n_redundant_files]} \
-redundant files; {byte[n_cross_class_sets]} sets across classes |
-| pixel-identical, different bytes | {pixel[n_sets]} sets; {pixel[n_cross_class_sets]} across classes |
-| reconstructed scan groups | {g[n_groups]} ({groups_text}) |
-| group link rule | {g[threshold_method]} |
-| label conflicts (groups with >1 class) | {n_conflicts} |
-| non-square images by class | {non_square_text} |
-| metadata-only baseline (group-wise CV) | {meta} |
-
-## Warnings
-
-{warnings_text}
-
-## Image size by class
-
-{size_table}
-
-## Per-class statistics
-
-Intensities are in [0, 1] after decoding.
-
-{class_table}
-
-## Byte-identical duplicate files ({byte[n_sets]} sets)
-
-{byte_table}
-
-## Pixel-identical files with different bytes ({pixel[n_sets]} sets)
-
-{pixel_table}
-
-## Reconstructed scan groups
-
-The release has no patient ids; images are grouped by content ({g[feature]}). Same-size images are
-linked when {g[threshold_method]}; exact duplicates always are; groups are the connected components.
-Slices of one patient far apart in the body can still fall into different groups, so treat the group
-count as an upper bound on the number of scans.
-
-- groups: {g[n_groups]}; images per group: min {g[size_min]}, median {g[size_median]}, mean \
-{g[mean_images_per_group]}, max {g[size_max]}; singletons: {g[n_singletons]}
-- group size distribution: {g[size_distribution]}
-- images linked directly to an image of another class: {g[images_linked_across_classes]:.1%}
-- images with a same-class image above the content threshold: {g[images_with_near_duplicate]}
-- nearest other-class similarity percentiles: {g[cross_class_nn_percentiles]}
-- nearest same-class similarity percentiles: {g[same_class_nn_percentiles]}
-
-## Label conflicts ({n_conflicts})
-
-{conflict_table}
-
-## Metadata-only baseline
-
-{meta_text}
-
-## Skipped files ({n_skipped})
-
-{skipped_table}
-{figures_text}"""
-
-
-def _dup_table(d: dict[str, Any]) -> str:
-    body = [
-        [
-            k + 1,
-            ", ".join(x["classes"]) + (" (CROSS-CLASS)" if x["cross_class"] else ""),
-            "<br>".join(x["paths"]),
-        ]
-        for k, x in enumerate(d["sets"])
-    ]
-    return _table("#|classes|files", body)
-
-
-def _meta_text(m: dict[str, Any]) -> tuple[str, str]:
-    if "accuracy" not in m:
-        return m.get("skipped", "n/a"), m.get("skipped", "n/a")
-    short = (
-        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} (chance "
-        f"{m['chance_balanced_accuracy']:.3f}; majority class {m['majority_class_accuracy']:.3f})"
-    )
-    recall = ", ".join(f"{c} {v:.3f}" for c, v in m["recall"].items())
-    return short, (
-        f"{m['model']}; {m['cv']}.\n\n- {short}\n- recall per class: {recall}\n- confusion matrix "
-        f"(rows true, columns predicted; {', '.join(m['labels'])}): {m['confusion_matrix']}\n"
-        f"- feature importance: {m['feature_importance']}"
-    )
-
-
-def _kib(d: dict[str, float]) -> str:
-    return f"{d['median'] / 1024:.1f} ({d['min'] / 1024:.1f}-{d['max'] / 1024:.1f})"
-
-
-def render_markdown(s: dict[str, Any]) -> str:
-    """The human-readable audit.md: headline numbers and warnings first, then details."""
-    g, n = s["groups"], s["n_images"]
-    meta, meta_text = _meta_text(s["metadata_baseline"])
-    stats = [
-        [
-            c,
-            d["n"],
-            f"{d['share']:.1%}",
-            d["non_square"],
-            f"{d['aspect']['min']}-{d['aspect']['max']}",
-            _kib(d["bytes"]),
-            f"{d['mean']['mean']:.3f}",
-            f"{d['std']['mean']:.3f}",
-            d["modes"],
-        ]
-        for c, d in s["per_class"].items()
-        if d["n"]
-    ]
-    conflicts = [
-        [x["group_id"], x["n_images"], x["classes"], x["max_cross_label_similarity"], "<br>".join(x["paths"])]
-        for x in g["label_conflicts"]
-    ]
-    return REPORT.format(
-        **s,
-        g=g,
-        byte=s["duplicates"]["byte"],
-        pixel=s["duplicates"]["pixel"],
-        meta=meta,
-        meta_text=meta_text,
-        classes_text=", ".join(f"{c} {k} ({k / n:.1%})" for c, k in s["classes"].items()),
-        groups_text=", ".join(f"{c} {k}" for c, k in g["per_class"].items()),
-        non_square_text=", ".join(f"{c} {k}" for c, k in s["non_square_by_class"].items()),
-        n_conflicts=len(conflicts),
-        warnings_text="\n".join(f"- {w}" for w in s["warnings"] or ["none"]),
-        size_table=_table(
-            "size (WxH)|" + "|".join(CLASSES), [[z, *v.values()] for z, v in s["size_by_class"].items()]
-        ),
-        class_table=_table(
-            "class|images|share|non-square|aspect min-max|file KiB median (min-max)|mean intensity"
-            "|intensity std|modes",
-            stats,
-        ),
-        byte_table=_dup_table(s["duplicates"]["byte"]),
-        pixel_table=_dup_table(s["duplicates"]["pixel"]),
-        conflict_table=_table("group|images|classes|max cross-label similarity|files", conflicts),
-        skipped_table=_table("file|reason", [[x["path"], x["reason"]] for x in s["skipped"]]),
-        figures_text="".join(f"\n![{f}]({f})\n" for f in s.get("figures", [])),
-    )

@@ -40,9 +40,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-map", help="custom folder->class map, e.g. 'Healthy=normal,Cancer=malignant'")
     for key, (typ, text) in TRAIN_OPTIONS.items():
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=text)
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="disable augmentation")
-    p.add_argument("--no-body-crop", dest="body_crop", action="store_false", default=None,
-                   help="keep the full canvas instead of cropping to the body")
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="disable augmentation"
+    )
+    p.add_argument(
+        "--no-body-crop",
+        dest="body_crop",
+        action="store_false",
+        default=None,
+        help="keep the full canvas instead of cropping to the body",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,8 +57,11 @@ def _config_from_args(args: argparse.Namespace):
     from lungct.config import load_config, make_config
     from lungct.data import parse_class_map
 
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in (*TRAIN_OPTIONS, "augment", "body_crop")
-                                 if getattr(args, k, None) is not None}
+    overrides: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in (*TRAIN_OPTIONS, "augment", "body_crop")
+        if getattr(args, k, None) is not None
+    }
     if args.data:
         overrides["data"] = args.data
     if args.class_map:
@@ -60,8 +70,11 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lungct", description="Leakage-aware lung CT slice classification "
-                                 "(normal / benign / malignant). Research and decision-support use only.")
+    ap = argparse.ArgumentParser(
+        prog="lungct",
+        description="Leakage-aware lung CT slice classification "
+        "(normal / benign / malignant). Research and decision-support use only.",
+    )
     ap.add_argument("--version", action="version", version=f"lungct {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train, calibrate, evaluate on the test split, write report.html")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt"
+    )
     _add_train_options(p)
 
     p = sub.add_parser("cv", help="grouped k-fold cross-validation")
@@ -122,16 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job end to end: audit, train, evaluate, explain, report")
     p.add_argument("--out", default="runs/main", help="run folder (default runs/main)")
-    p.add_argument("--no-synthetic", action="store_true",
-                   help="fail when no real data is found instead of running on labelled synthetic phantoms")
+    p.add_argument(
+        "--no-synthetic",
+        action="store_true",
+        help="fail when no real data is found instead of running on labelled synthetic phantoms",
+    )
     _add_train_options(p)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(COMMANDS[args.command](args) or 0)
     except LungctError as exc:
@@ -227,23 +246,39 @@ def cmd_predict(args) -> int:
     predictor = Predictor.from_run(args.run)
     preds = predictor.predict_paths(_expand(args.image))
     if args.json:
-        print(json.dumps({"model": predictor.model_name, "version": predictor.version,
-                          "predictions": [p.to_dict() for p in preds]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": predictor.model_name,
+                    "version": predictor.version,
+                    "predictions": [p.to_dict() for p in preds],
+                },
+                indent=2,
+            )
+        )
         return 0
     for p in preds:
         probs = "  ".join(f"{k} {v:.3f}" for k, v in p.to_dict()["probabilities"].items())
-        print(f"{p.source}: {p.decision.upper()} (argmax {p.class_name}; {probs}; "
-              f"malignant threshold {p.threshold:.3f})")
+        print(
+            f"{p.source}: {p.decision.upper()} (argmax {p.class_name}; {probs}; "
+            f"malignant threshold {p.threshold:.3f})"
+        )
     return 0
 
 
 def cmd_explain(args) -> int:
     from lungct.explain import run_explain
 
-    res = run_explain(args.run, Path(args.out) if args.out else None,
-                      images=_expand(args.image) if args.image else None,
-                      data=Path(args.data) if args.data else None, methods=tuple(args.method),
-                      target=args.target, max_images=args.max_images, progress=not args.quiet)
+    res = run_explain(
+        args.run,
+        Path(args.out) if args.out else None,
+        images=_expand(args.image) if args.image else None,
+        data=Path(args.data) if args.data else None,
+        methods=tuple(args.method),
+        target=args.target,
+        max_images=args.max_images,
+        progress=not args.quiet,
+    )
     print(json.dumps(res, indent=2, default=str)[:4000])
     return 0
 
@@ -279,11 +314,13 @@ def _headline(m: dict) -> str:
 
     mal = m.get("malignant_vs_rest", {})
     case = m.get("case_level", {})
-    return (f"n={m.get('n')} accuracy {f(m.get('accuracy'))} balanced {f(m.get('balanced_accuracy'))} "
-            f"macro-AUC {f(m.get('macro_auc'))} | malignant sens {f(mal.get('sensitivity'))} "
-            f"spec {f(mal.get('specificity'))} | benign recall "
-            f"{f(m.get('per_class', {}).get('benign', {}).get('sensitivity'))} | "
-            f"case accuracy {f(case.get('accuracy'))} (n={case.get('n')})")
+    return (
+        f"n={m.get('n')} accuracy {f(m.get('accuracy'))} balanced {f(m.get('balanced_accuracy'))} "
+        f"macro-AUC {f(m.get('macro_auc'))} | malignant sens {f(mal.get('sensitivity'))} "
+        f"spec {f(mal.get('specificity'))} | benign recall "
+        f"{f(m.get('per_class', {}).get('benign', {}).get('sensitivity'))} | "
+        f"case accuracy {f(case.get('accuracy'))} (n={case.get('n')})"
+    )
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -296,9 +333,18 @@ def _print_summary(run_dir: Path) -> None:
     print(f"run folder: {paths.root}  report: {paths.report}")
 
 
-COMMANDS = {"download": cmd_download, "audit": cmd_audit, "train": cmd_train, "cv": cmd_cv,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "explain": cmd_explain, "serve": cmd_serve,
-            "models": cmd_models, "run": cmd_run}
+COMMANDS = {
+    "download": cmd_download,
+    "audit": cmd_audit,
+    "train": cmd_train,
+    "cv": cmd_cv,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "explain": cmd_explain,
+    "serve": cmd_serve,
+    "models": cmd_models,
+    "run": cmd_run,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

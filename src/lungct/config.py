@@ -117,7 +117,9 @@ def make_config(values: dict[str, Any], base: TrainConfig | None = None) -> Trai
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+        )
     merged = (base or TrainConfig()).to_dict()
     for key, value in values.items():
         merged[key] = _coerce(key, value, hints[key])

@@ -15,9 +15,19 @@ from lungct.pipeline import preprocess_config, train_and_evaluate
 from lungct.runs import RunPaths, environment, write_json
 from lungct.train import load_images, set_determinism, set_threads
 
-KEY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "per_class.benign.sensitivity",
-               "per_class.normal.sensitivity", "malignant_vs_rest.sensitivity", "malignant_vs_rest.specificity",
-               "calibration.ece", "case_level.accuracy", "case_level.balanced_accuracy")
+KEY_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "macro_auc",
+    "per_class.benign.sensitivity",
+    "per_class.normal.sensitivity",
+    "malignant_vs_rest.sensitivity",
+    "malignant_vs_rest.specificity",
+    "calibration.ece",
+    "case_level.accuracy",
+    "case_level.balanced_accuracy",
+)
 
 
 def _get(d: dict, dotted: str) -> float | None:
@@ -49,8 +59,11 @@ def summarise(per_fold: list[dict]) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for key in KEY_METRICS:
         vals = [v for v in (_get(m, key) for m in per_fold) if v is not None]
-        out[key] = {"mean": float(np.mean(vals)) if vals else None,
-                    "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "n_folds": len(vals)}
+        out[key] = {
+            "mean": float(np.mean(vals)) if vals else None,
+            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            "n_folds": len(vals),
+        }
     return out
 
 
@@ -75,20 +88,36 @@ def run_cv(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, progress: bool
     for k, (_, test_idx) in enumerate(grouped_kfold(rows, k=folds, seed=cfg.seed)):
         assignment = fold_assignment(rows, test_idx, cfg.val_fraction, cfg.seed + k)
         set_determinism(cfg.seed + k)
-        m = train_and_evaluate(cfg, root, rows, assignment, RunPaths(out / f"fold_{k + 1}"), images=images,
-                               extra={"split_mode": f"grouped {folds}-fold CV, fold {k + 1}"}, progress=progress)
+        m = train_and_evaluate(
+            cfg,
+            root,
+            rows,
+            assignment,
+            RunPaths(out / f"fold_{k + 1}"),
+            images=images,
+            extra={"split_mode": f"grouped {folds}-fold CV, fold {k + 1}"},
+            progress=progress,
+        )
         per_fold.append(m)
-    result = {"model": cfg.model, "folds": folds, "summary": summarise(per_fold),
-              "per_fold": [{key: _get(m, key) for key in KEY_METRICS} for m in per_fold],
-              "seconds": round(time.time() - t0, 1)}
+    result = {
+        "model": cfg.model,
+        "folds": folds,
+        "summary": summarise(per_fold),
+        "per_fold": [{key: _get(m, key) for key in KEY_METRICS} for m in per_fold],
+        "seconds": round(time.time() - t0, 1),
+    }
     write_json(out / "cv.json", result)
     (out / "cv.md").write_text(cv_markdown(result))
     return result
 
 
 def cv_markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Grouped {result['folds']}-fold cross-validation: {result['model']}", "",
-             "| metric | mean | sd | folds |", "|---|---|---|---|"]
+    lines = [
+        f"# Grouped {result['folds']}-fold cross-validation: {result['model']}",
+        "",
+        "| metric | mean | sd | folds |",
+        "|---|---|---|---|",
+    ]
     for key, s in result["summary"].items():
         mean = "n/a" if s["mean"] is None else f"{s['mean']:.3f}"
         sd = "n/a" if s["sd"] is None else f"{s['sd']:.3f}"

@@ -103,7 +103,9 @@ def _match_class(name: str, class_map: dict[str, str] | None) -> str | None:
     return None
 
 
-def find_class_dirs(root: Path, class_map: dict[str, str] | None = None, max_depth: int = 3) -> dict[str, Path]:
+def find_class_dirs(
+    root: Path, class_map: dict[str, str] | None = None, max_depth: int = 3
+) -> dict[str, Path]:
     """Find class folders at or below ``root`` (the Kaggle folder or any parent of it).
 
     Returns class name -> folder. Raises DataError when no class folder is found, or when one class
@@ -152,7 +154,9 @@ def download(dest: Path | None = None) -> Path:
     try:
         import kagglehub
     except ImportError as exc:
-        raise DataError(f"kagglehub is not installed (pip install 'lungct[download]'); or {MANUAL_DOWNLOAD_HINT}") from exc
+        raise DataError(
+            f"kagglehub is not installed (pip install 'lungct[download]'); or {MANUAL_DOWNLOAD_HINT}"
+        ) from exc
     try:
         path = Path(kagglehub.dataset_download(KAGGLE_HANDLE))
     except Exception as exc:  # kagglehub raises many network/auth error types

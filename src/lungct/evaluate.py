@@ -19,9 +19,19 @@ from lungct.predictor import Predictor
 from lungct.runs import write_json
 
 
-def evaluate_predictions(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, out_dir: Path, *,
-                         threshold: float, temperature: float, case_how: str = "mean", n_boot: int = 1000,
-                         seed: int = 0, title: str = "test") -> dict[str, Any]:
+def evaluate_predictions(
+    y: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    out_dir: Path,
+    *,
+    threshold: float,
+    temperature: float,
+    case_how: str = "mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+    title: str = "test",
+) -> dict[str, Any]:
     """Metrics for calibrated ``probs`` (N, 3); writes metrics.json and PNG plots into ``out_dir``.
 
     ``probs`` were produced at ``temperature``; the uncalibrated view is recovered as
@@ -30,19 +40,33 @@ def evaluate_predictions(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, o
     out_dir.mkdir(parents=True, exist_ok=True)
     probs = np.clip(probs, 1e-12, 1.0)
     logits = temperature * np.log(probs)
-    m = classification_metrics(y, probs, groups, malignant_threshold=threshold, n_boot=n_boot, seed=seed,
-                               logits=logits, temperature=temperature)
-    cy, cp, cg = aggregate_cases(y, probs, groups, how=case_how)
+    m = classification_metrics(
+        y,
+        probs,
+        groups,
+        malignant_threshold=threshold,
+        n_boot=n_boot,
+        seed=seed,
+        logits=logits,
+        temperature=temperature,
+    )
+    cy, cp, _ = aggregate_cases(y, probs, groups, how=case_how)
     case = classification_metrics(cy, cp, None, malignant_threshold=threshold, n_boot=n_boot, seed=seed)
     case["aggregation"] = case_how
     m["case_level"] = case
     before = np.exp(logits - logits.max(1, keepdims=True))
     before /= before.sum(1, keepdims=True)
     plots = {
-        "confusion": plot_confusion(np.asarray(m["confusion_matrix"]), out_dir / "confusion.png",
-                                    title=f"Confusion matrix ({title}, slices)"),
-        "confusion_cases": plot_confusion(np.asarray(case["confusion_matrix"]), out_dir / "confusion_cases.png",
-                                          title=f"Confusion matrix ({title}, scan groups)"),
+        "confusion": plot_confusion(
+            np.asarray(m["confusion_matrix"]),
+            out_dir / "confusion.png",
+            title=f"Confusion matrix ({title}, slices)",
+        ),
+        "confusion_cases": plot_confusion(
+            np.asarray(case["confusion_matrix"]),
+            out_dir / "confusion_cases.png",
+            title=f"Confusion matrix ({title}, scan groups)",
+        ),
         "roc": plot_roc(y, probs, out_dir / "roc.png", title=f"ROC ({title})"),
         "pr": plot_pr(y, probs, out_dir / "pr.png", title=f"Precision-recall ({title})"),
         "reliability": plot_reliability(y, before, probs, out_dir / "reliability.png"),
@@ -52,8 +76,9 @@ def evaluate_predictions(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, o
     return m
 
 
-def write_predictions(path: Path, sources: list[str], y: np.ndarray, groups: np.ndarray, probs: np.ndarray,
-                      threshold: float) -> None:
+def write_predictions(
+    path: Path, sources: list[str], y: np.ndarray, groups: np.ndarray, probs: np.ndarray, threshold: float
+) -> None:
     """One CSV row per slice: path, true class, group, probabilities, arg-max and thresholded decision."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -65,28 +90,65 @@ def write_predictions(path: Path, sources: list[str], y: np.ndarray, groups: np.
             w.writerow([s, CLASSES[int(t)], g, *[f"{v:.6f}" for v in p], pred, dec])
 
 
-def evaluate_rows(predictor: Predictor, root: Path, rows: list, out_dir: Path, *, case_how: str = "mean",
-                  n_boot: int = 1000, seed: int = 0, title: str = "test", progress: bool = True) -> dict[str, Any]:
+def evaluate_rows(
+    predictor: Predictor,
+    root: Path,
+    rows: list,
+    out_dir: Path,
+    *,
+    case_how: str = "mean",
+    n_boot: int = 1000,
+    seed: int = 0,
+    title: str = "test",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Predict the manifest ``rows`` (paths relative to ``root``) and evaluate them."""
     preds = predictor.predict_paths([root / r.path for r in rows], progress=progress)
     probs = np.stack([p.probs for p in preds]) if preds else np.zeros((0, len(CLASSES)))
     y = np.array([r.label for r in rows])
     groups = np.array([r.group_id for r in rows])
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions(out_dir / "predictions.csv", [r.path for r in rows], y, groups, probs, predictor.threshold)
-    return evaluate_predictions(y, probs, groups, out_dir, threshold=predictor.threshold,
-                                temperature=predictor.temperature, case_how=case_how, n_boot=n_boot,
-                                seed=seed, title=title)
+    write_predictions(
+        out_dir / "predictions.csv", [r.path for r in rows], y, groups, probs, predictor.threshold
+    )
+    return evaluate_predictions(
+        y,
+        probs,
+        groups,
+        out_dir,
+        threshold=predictor.threshold,
+        temperature=predictor.temperature,
+        case_how=case_how,
+        n_boot=n_boot,
+        seed=seed,
+        title=title,
+    )
 
 
-def evaluate_folder(predictor: Predictor, data_root: Path, out_dir: Path, *, class_map: dict | None = None,
-                    case_how: str = "mean", n_boot: int = 1000, progress: bool = True) -> dict[str, Any]:
+def evaluate_folder(
+    predictor: Predictor,
+    data_root: Path,
+    out_dir: Path,
+    *,
+    class_map: dict | None = None,
+    case_how: str = "mean",
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Audit an external folder (for its scan groups), then evaluate every readable image in it."""
     from lungct.audit import run_audit
 
     audit = run_audit(data_root, class_map=class_map, out_dir=out_dir / "audit", progress=progress)
-    m = evaluate_rows(predictor, Path(audit.root), audit.rows, out_dir, case_how=case_how, n_boot=n_boot,
-                      title=Path(data_root).name or "external", progress=progress)
+    m = evaluate_rows(
+        predictor,
+        Path(audit.root),
+        audit.rows,
+        out_dir,
+        case_how=case_how,
+        n_boot=n_boot,
+        title=Path(data_root).name or "external",
+        progress=progress,
+    )
     m["skipped_files"] = len(audit.skipped)
     write_json(out_dir / "metrics.json", m)
     return m

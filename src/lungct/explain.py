@@ -76,8 +76,9 @@ CMAP = "jet"
 POINTING_TOLERANCE = 15 / 224
 """Pointing-game tolerance as a fraction of the image's shorter side (15 px at 224 px)."""
 
-# The library's hooks sit on shared modules, so two CAMs on one network must not overlap in time.
-_CAM_LOCK = threading.Lock()
+MODEL_LOCK = threading.Lock()
+"""Held while a CAM runs. Its hooks sit on the shared network, so any other forward pass on that
+network at the same time (another thread predicting) would be recorded too; serialise with this lock."""
 
 
 @dataclass
@@ -109,7 +110,7 @@ def _class_index(target: str | None) -> int | None:
 
 
 def target_layer(predictor: Predictor, layer: str | None = None) -> nn.Module:
-    """The CAM target layer: the spec's, or ``layer`` (dotted path inside the backbone; ModelError if absent)."""
+    """The CAM target layer: the spec's, or ``layer`` (dotted path in the backbone; ModelError if absent)."""
     if layer is None:
         return cam_layer(predictor.net, get_spec(predictor.model_name))
     return resolve_layer(predictor.net.backbone, layer)
@@ -129,30 +130,50 @@ def _cam_session(cam_cls: type, net: nn.Module, layer: nn.Module) -> Iterator[An
         cam.__exit__(None, None, None)
 
 
+@contextmanager
+def _grad_from(net: nn.Module, layer: nn.Module) -> Iterator[None]:
+    """Track gradients only from ``layer``'s output on: parameters are frozen for the call and the
+    output becomes an autograd leaf, so the backward pass skips every layer before the target (and
+    all weight gradients). Grad-CAM needs only d(class score)/d(target activations)."""
+    frozen = [(p, p.requires_grad) for p in net.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+
+    def leaf(_m: nn.Module, _i: Any, out: Any) -> Any:
+        # clone: later in-place ops (e.g. DenseNet's final ReLU) may not act on a leaf
+        return out.detach().requires_grad_(True).clone() if isinstance(out, torch.Tensor) else None
+
+    handle = layer.register_forward_hook(leaf)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
 def _run_cam(
     predictor: Predictor,
     cam_cls: type,
     layer: nn.Module,
-    layer_name: str,
+    name: str,
     x: torch.Tensor,
     targets: list[int] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CAM maps float32 (N, S, S) in [0, 1] and logits (N, C) for model inputs x (N, 1, S, S)."""
     x = x.contiguous(memory_format=torch.channels_last)
     cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
-    with _CAM_LOCK, _cam_session(cam_cls, predictor.net, layer) as cam:
+    with MODEL_LOCK, _grad_from(predictor.net, layer), _cam_session(cam_cls, predictor.net, layer) as cam:
         try:
             maps = cam(input_tensor=x, targets=cam_targets)
         except Exception as exc:
             acts = cam.activations_and_grads.activations
             if acts and acts[0].ndim != 4:
                 raise ModelError(
-                    f"layer {layer_name!r} outputs shape {tuple(acts[0].shape)}; class-activation "
+                    f"layer {name!r} outputs shape {tuple(acts[0].shape)}; class-activation "
                     "maps need a convolutional feature map (N, C, h, w)"
                 ) from exc
             raise
-        finally:
-            predictor.net.zero_grad(set_to_none=True)
         logits = cam.outputs.detach().float().numpy()
     return np.asarray(maps, dtype=np.float32), logits
 
@@ -170,28 +191,23 @@ def _explain_prepared(
     geoms: Sequence[Geometry],
     method: str,
     targets: Sequence[int | None],
-    layer: str | None,
-    batch_size: int,
+    layer: str | None = None,
+    bs: int = 16,
 ) -> list[Explanation]:
-    cam_cls = _method_class(method)
-    module = target_layer(predictor, layer)
-    layer_name = layer if layer is not None else get_spec(predictor.model_name).cam_layer
+    """Explain prepared inputs x (N, 1, S, S); a None target means the predicted class."""
+    cam_cls, module = _method_class(method), target_layer(predictor, layer)
+    name = layer if layer is not None else get_spec(predictor.model_name).cam_layer
     out: list[Explanation] = []
-    for i in range(0, len(x), batch_size):
-        xb, tb = x[i : i + batch_size], list(targets[i : i + batch_size])
-        if any(t is None for t in tb) and not all(t is None for t in tb):
-            pred = predictor.calibrated_probs(xb).argmax(1)
-            tb = [int(p) if t is None else t for t, p in zip(tb, pred, strict=True)]
-        maps, logits = _run_cam(
-            predictor,
-            cam_cls,
-            module,
-            layer_name,
-            xb,
-            None if all(t is None for t in tb) else [int(t) for t in tb],
-        )
+    for i in range(0, len(x), bs):
+        xb, tb = x[i : i + bs], list(targets[i : i + bs])
+        if None in tb and any(t is not None for t in tb):
+            tb = [
+                int(p) if t is None else t
+                for t, p in zip(tb, predictor.calibrated_probs(xb).argmax(1), strict=True)
+            ]
+        maps, logits = _run_cam(predictor, cam_cls, module, name, xb, None if None in tb else tb)
         probs = torch.softmax(torch.from_numpy(logits) / predictor.temperature, dim=1).numpy()
-        for m, pr, t, g in zip(maps, probs, tb, geoms[i : i + batch_size], strict=True):
+        for m, pr, t, g in zip(maps, probs, tb, geoms[i : i + bs], strict=True):
             cls = int(np.argmax(pr)) if t is None else int(t)
             heat = np.clip(to_original(m, g), 0.0, 1.0).astype(np.float32)
             out.append(Explanation(heat, method, CLASSES[cls], Prediction(pr, predictor.threshold, g), m))
@@ -257,14 +273,11 @@ def overlay_png(
     colorbar: bool = True,
     title: str | None = None,
 ) -> bytes:
-    """PNG bytes of the overlay with a colour bar (0 = low, 1 = high relative importance); also saved to path."""
+    """PNG of the overlay with a colour bar (0 low .. 1 high relative importance); also written to path."""
     rgb = overlay(img, heatmap, alpha)
     h, w = img.shape
-    fig = Figure(
-        figsize=(4.2 * w / max(h, w) + (0.9 if colorbar else 0.2), 4.2 * h / max(h, w) + 0.4),
-        dpi=100,
-        layout="constrained",
-    )
+    size = (4.2 * w / max(h, w) + (0.9 if colorbar else 0.2), 4.2 * h / max(h, w) + 0.4)
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(rgb, interpolation="nearest")
@@ -340,27 +353,19 @@ def _faithfulness_prepared(
         base = ndimage.gaussian_filter(xi, sigma=xi.shape[0] / 16)
         maps = [saliency[n][i] for n in saliency] + [_random_map(rng, xi.shape[0])]
         ties = rng.uniform(0, 1e-6, size=xi.size)  # random order among equal saliency (e.g. zeros)
-        batch = np.concatenate(
-            [_curve_inputs(xi, base, np.argsort(-(m.ravel() + ties), kind="stable"), n_steps) for m in maps]
-        )
-        p = predictor.calibrated_probs(torch.from_numpy(batch)[:, None])[:, t].reshape(
-            len(maps), 2, n_steps + 1
-        )
+        orders = [np.argsort(-(m.ravel() + ties), kind="stable") for m in maps]
+        batch = torch.from_numpy(np.concatenate([_curve_inputs(xi, base, o, n_steps) for o in orders]))
+        p = predictor.calibrated_probs(batch[:, None])[:, t].reshape(len(maps), 2, n_steps + 1)
         for n, curves in zip(names, p, strict=True):
-            scores[n].append(
-                (
-                    float(np.trapezoid(curves[0], dx=1 / n_steps)),
-                    float(np.trapezoid(curves[1], dx=1 / n_steps)),
-                )
-            )
+            scores[n].append(np.trapezoid(curves, dx=1 / n_steps, axis=1))
     out: dict[str, Any] = {
         "definition": FAITHFULNESS_DEFINITION,
         "n_images": len(targets),
         "n_steps": n_steps,
     }
     for n in names:
-        arr = np.array(scores[n]) if scores[n] else np.full((1, 2), np.nan)
-        out[n] = {"deletion_auc": _num(arr[:, 0].mean()), "insertion_auc": _num(arr[:, 1].mean())}
+        auc = np.mean(scores[n], axis=0) if scores[n] else [np.nan, np.nan]
+        out[n] = {"deletion_auc": _num(auc[0]), "insertion_auc": _num(auc[1])}
     return out
 
 
@@ -386,7 +391,7 @@ def faithfulness(
     targets: list[int] = []
     saliency: dict[str, list[np.ndarray]] = {}
     for m in methods:
-        ex = _explain_prepared(predictor, x, geoms, m, [None] * len(images), layer, 16)
+        ex = _explain_prepared(predictor, x, geoms, m, [None] * len(images), layer)
         saliency[m] = [e.input_heatmap for e in ex]
         targets = [CLASSES.index(e.target_class) for e in ex]
     return _faithfulness_prepared(predictor, x, saliency, targets, n_steps, seed)
@@ -404,7 +409,11 @@ def _num(x: Any) -> float | None:
 
 
 def _pointing_scores(
-    heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], tolerance: float, n_random: int, seed: int
+    heatmaps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    tolerance: float,
+    n_random: int = 200,
+    seed: int = 0,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     hits, rand, area = [], [], []
@@ -452,13 +461,8 @@ def pointing_game(
     keep = [i for i, m in enumerate(masks) if np.asarray(m).any()]
     if not keep:
         raise LungctError("the pointing game needs at least one image with a non-empty lesion mask")
-    ex = explain_batch(
-        predictor,
-        [images[i] for i in keep],
-        method,
-        None if targets is None else [targets[i] for i in keep],
-        layer=layer,
-    )
+    chosen = None if targets is None else [targets[i] for i in keep]
+    ex = explain_batch(predictor, [images[i] for i in keep], method, chosen, layer=layer)
     out = _pointing_scores([e.heatmap for e in ex], [masks[i] for i in keep], tolerance, n_random, seed)
     return {"method": method, **out}
 
@@ -504,19 +508,17 @@ def shortcut_energy(
         mask, total = body_mask(im), float(np.sum(h))
         shares.append(float(np.sum(h[~mask])) / total if mask is not None and total > 0 else np.nan)
     arr = np.array(shares, dtype=np.float64)
-    out: dict[str, Any] = {
-        "mean": _num(np.nanmean(arr)) if np.isfinite(arr).any() else None,
-        "n_images": int(np.isfinite(arr).sum()),
-        "n_skipped": int((~np.isfinite(arr)).sum()),
-    }
+    ok = np.isfinite(arr)
+    out: dict[str, Any] = {"mean": _mean(arr), "n_images": int(ok.sum()), "n_skipped": int((~ok).sum())}
     if classes is not None:
         cls = np.asarray(list(classes))
-        out["per_class"] = {
-            c: _num(np.nanmean(arr[cls == c])) if np.isfinite(arr[cls == c]).any() else None
-            for c in CLASSES
-            if (cls == c).any()
-        }
+        out["per_class"] = {c: _mean(arr[cls == c]) for c in CLASSES if (cls == c).any()}
     return out
+
+
+def _mean(arr: np.ndarray) -> float | None:
+    """Mean of the finite values (None when there are none)."""
+    return _num(np.mean(arr[np.isfinite(arr)])) if np.isfinite(arr).any() else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -541,20 +543,13 @@ def _test_items(paths: RunPaths, data: Path | None) -> list[_Item]:
     root = resolve_data_dir(data if data is not None else load_config(paths.config).data)
     assignment = read_split(paths.split)
     with paths.split.open(newline="", encoding="utf-8") as fh:
-        classes = {row["path"]: row.get("class") for row in csv.DictReader(fh)}
+        labels = {
+            r["path"]: CLASSES.index(r["class"]) for r in csv.DictReader(fh) if r.get("class") in CLASSES
+        }
     items = []
-    for rel, split in assignment.items():
-        if split == "test" and (root / rel).is_file():
-            mask = (root / MASK_FOLDER / rel).with_suffix(".png")
-            cls = classes.get(rel)
-            items.append(
-                _Item(
-                    root / rel,
-                    rel,
-                    CLASSES.index(cls) if cls in CLASSES else None,
-                    mask if mask.is_file() else None,
-                )
-            )
+    for rel in (r for r, split in assignment.items() if split == "test" and (root / r).is_file()):
+        mask = (root / MASK_FOLDER / rel).with_suffix(".png")
+        items.append(_Item(root / rel, rel, labels.get(rel), mask if mask.is_file() else None))
     if not items:
         raise DataError(
             f"none of the test-split images in {paths.split} exist under {root}; "
@@ -568,39 +563,38 @@ def _select(items: list[_Item], preds: list[Prediction], max_images: int, seed: 
     correct or unlabelled ones drawn class by class in seeded random order."""
     if max_images < 1:
         raise LungctError(f"max_images must be >= 1, got {max_images}")
-    conf = [float(p.probs.max()) for p in preds]
-    wrong = sorted(
-        (
-            i
-            for i, (it, p) in enumerate(zip(items, preds, strict=True))
-            if it.label is not None and it.label != p.label
-        ),
-        key=lambda i: -conf[i],
-    )
-    rest = [i for i in range(len(items)) if i not in set(wrong)]
+    is_wrong = [it.label is not None and it.label != p.label for it, p in zip(items, preds, strict=True)]
+    wrong = sorted(np.flatnonzero(is_wrong), key=lambda i: -float(preds[i].probs.max()))
     rng = np.random.default_rng(seed)
     pools = [
-        list(rng.permutation([i for i in rest if items[i].label == c])) for c in [*range(len(CLASSES)), None]
+        rng.permutation([i for i, it in enumerate(items) if it.label == c and not is_wrong[i]])
+        for c in [*range(len(CLASSES)), None]
     ]
-    fill = [int(p[k]) for k in range(max((len(p) for p in pools), default=0)) for p in pools if k < len(p)]
+    fill = [int(p[k]) for k in range(max(len(p) for p in pools)) for p in pools if k < len(p)]
     n_wrong = min(len(wrong), max(max_images // 2, max_images - len(fill)))
-    return sorted(wrong[:n_wrong] + fill[: max_images - n_wrong])
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "image"
+    return sorted([int(i) for i in wrong[:n_wrong]] + fill[: max_images - n_wrong])
 
 
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lungct explanations</title>
+<style>body{{font-family:sans-serif;margin:1.5em;color:#222}} .grid{{display:flex;flex-wrap:wrap;gap:1em}}
+.card{{border:1px solid #ccc;border-radius:6px;padding:.5em}} .card h3{{font-size:1em;margin:.2em 0}}
+figure{{display:inline-block;margin:.2em}} figure img{{width:300px;height:auto}}
+pre{{background:#f4f4f4;padding:.5em;overflow:auto;font-size:.8em}}</style></head><body>
+<h1>Explanations</h1><p>{intro}</p><p><b>Heat maps show where the network looked, not where disease is;
+they are a plausibility check, not a localisation.</b></p>{body}
+<h2>Checks</h2><pre>{checks}</pre></body></html>
+"""
+
+
 def _card(item: _Item, pred: Prediction, overlays: dict[str, str]) -> str:
     probs = ", ".join(f"{c} {p:.3f}" for c, p in zip(CLASSES, pred.probs, strict=True))
     truth = CLASSES[item.label] if item.label is not None else "unknown"
     figs = "".join(
-        f'<figure><img src="{_esc(src)}" alt="{_esc(m)} heatmap" loading="lazy">'
-        f"<figcaption>{_esc(m)}</figcaption></figure>"
+        f'<figure><img src="{_esc(src)}" alt="{_esc(m)} heatmap"><figcaption>{_esc(m)}</figcaption></figure>'
         for m, src in overlays.items()
     )
     return (
@@ -610,48 +604,83 @@ def _card(item: _Item, pred: Prediction, overlays: dict[str, str]) -> str:
     )
 
 
-def _gallery(
-    out: Path, cards: list[tuple[_Item, Prediction, dict[str, str]]], result: dict[str, Any]
-) -> Path:
-    """gallery.html: wrong then correct predictions, most confident first; overlays linked relatively."""
-    groups: dict[str, list] = {"Wrong predictions": [], "Correct predictions": [], "Unlabelled images": []}
+def _gallery(out: Path, cards: list[tuple[_Item, Prediction, dict[str, str]]], result: dict[str, Any]) -> str:
+    """Write gallery.html (wrong, then correct predictions, most confident first); returns its name."""
+    groups: dict[str, list[str]] = {
+        "Wrong predictions": [],
+        "Correct predictions": [],
+        "Unlabelled images": [],
+    }
     for item, pred, ov in sorted(cards, key=lambda c: -float(c[1].probs.max())):
+        ok = item.label == pred.label
         key = (
             "Unlabelled images"
             if item.label is None
-            else ("Correct predictions" if item.label == pred.label else "Wrong predictions")
+            else "Correct predictions"
+            if ok
+            else "Wrong predictions"
         )
         groups[key].append(_card(item, pred, ov))
     body = "".join(
-        f"<h2>{_esc(k)} ({len(v)})</h2><div class='grid'>{''.join(v)}</div>" for k, v in groups.items() if v
+        f"<h2>{k} ({len(v)})</h2><div class='grid'>{''.join(v)}</div>" for k, v in groups.items() if v
     )
-    summary = _esc(
-        json.dumps(
-            {k: result[k] for k in ("faithfulness", "pointing_game", "shortcut_energy") if k in result},
-            indent=1,
-        )
+    checks = {k: result[k] for k in ("faithfulness", "pointing_game", "shortcut_energy") if k in result}
+    intro = (
+        f"Methods: {', '.join(result['methods'])}; explained class: {result['target']}; "
+        f"{result['n_images']} images ({result['source']})."
     )
-    page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lungct explanations</title><style>"
-        "body{font-family:sans-serif;margin:1.5em;color:#222}.grid{display:flex;flex-wrap:wrap;gap:1em}"
-        ".card{border:1px solid #ccc;border-radius:6px;padding:.5em;max-width:100%}.card h3{font-size:1em;margin:.2em 0}"
-        "figure{display:inline-block;margin:.2em}figure img{width:300px;height:auto}pre{background:#f4f4f4;"
-        "padding:.5em;overflow:auto;font-size:.8em}</style></head><body><h1>Explanations</h1>"
-        f"<p>Methods: {_esc(', '.join(result['methods']))}; explained class: {_esc(result['target'])}; "
-        f"{result['n_images']} images ({_esc(result['source'])}).</p>"
-        "<p><b>Heat maps show where the network looked, not where disease is; they are a plausibility check, "
-        "not a localisation.</b></p>"
-        f"{body}<h2>Checks</h2><pre>{summary}</pre></body></html>"
-    )
-    path = out / "gallery.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    page = _PAGE.format(intro=_esc(intro), body=body, checks=_esc(json.dumps(checks, indent=1)))
+    (out / "gallery.html").write_text(page, encoding="utf-8")
+    return "gallery.html"
 
 
-def _merge_metrics(path: Path, result: dict[str, Any]) -> None:
-    metrics = read_json(path) if path.is_file() else {}
-    metrics["explain"] = result
-    write_json(path, metrics)
+def _write_overlays(
+    out: Path, items: list[_Item], imgs: list[np.ndarray], expl: dict[str, list[Explanation]]
+) -> list[dict[str, str]]:
+    """overlays/NNN_<stem>_<method>.png for every image and method; returns the relative paths."""
+    links: list[dict[str, str]] = []
+    for k, (item, img) in enumerate(zip(items, imgs, strict=True)):
+        links.append({})
+        for m, ex in expl.items():
+            e = ex[k]
+            stem = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{k:03d}_{Path(item.name).stem}_{m.replace('+', 'p')}")
+            p = e.prediction.probs[CLASSES.index(e.target_class)]
+            overlay_png(
+                img, e.heatmap, out / "overlays" / f"{stem}.png", title=f"{m}: {e.target_class} (p={p:.2f})"
+            )
+            links[k][m] = f"overlays/{stem}.png"
+    return links
+
+
+def _checks(
+    predictor: Predictor,
+    x: torch.Tensor,
+    items: list[_Item],
+    imgs: list[np.ndarray],
+    expl: dict[str, list[Explanation]],
+    classes: list[str],
+    n_steps: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Faithfulness, shortcut energy and (with lesion masks) the pointing game for every method."""
+    targets = [CLASSES.index(e.target_class) for e in next(iter(expl.values()))]
+    saliency = {m: [e.input_heatmap for e in ex] for m, ex in expl.items()}
+    res: dict[str, Any] = {
+        "faithfulness": _faithfulness_prepared(predictor, x, saliency, targets, n_steps, seed),
+        "shortcut_energy": {
+            m: shortcut_energy([e.heatmap for e in ex], imgs, classes) for m, ex in expl.items()
+        },
+    }
+    masks = {k: np.array(Image.open(it.mask).convert("L")) > 127 for k, it in enumerate(items) if it.mask}
+    lesion = [k for k, m in masks.items() if m.any() and m.shape == imgs[k].shape]
+    if lesion:
+        res["pointing_game"] = {
+            m: _pointing_scores(
+                [ex[k].heatmap for k in lesion], [masks[k] for k in lesion], POINTING_TOLERANCE, seed=seed
+            )
+            for m, ex in expl.items()
+        }
+    return res
 
 
 def run_explain(
@@ -667,9 +696,10 @@ def run_explain(
     seed: int = 0,
     n_steps: int = 10,
 ) -> dict[str, Any]:
-    """Explain a run's test split (or ``images``): overlays, gallery.html, faithfulness, shortcut energy,
-    pointing game (when lesion masks exist). Test-split results also go under "explain" in
-    RUN/eval/test/metrics.json and the run report is refreshed. Returns the results."""
+    """Explain a run's test split (or ``images``): overlays, gallery.html, faithfulness, shortcut energy
+    and, where lesion masks exist, the pointing game. Results are written to OUT/explain.json; for the
+    test split also under "explain" in RUN/eval/test/metrics.json (merged), and the report is refreshed.
+    ``out_dir`` defaults to RUN/eval/test/explain. Returns the results."""
     t0 = time.time()
     paths = find_run(run_dir)
     methods = list(dict.fromkeys(methods))
@@ -684,23 +714,8 @@ def run_explain(
     items, preds = [items[i] for i in sel], [preds[i] for i in sel]
     imgs = [read_image(it.path)[0] for it in items]
     x, geoms = _prepare_all(predictor, imgs)
-    expl = {
-        m: _explain_prepared(predictor, x, geoms, m, [tgt] * len(imgs), None, 16)
-        for m in tqdm(methods, desc="explain", unit="method", disable=not progress)
-    }
-    overlays: list[dict[str, str]] = [{} for _ in items]
-    for k, (item, img) in enumerate(zip(items, imgs, strict=True)):
-        for m in methods:
-            e = expl[m][k]
-            rel = f"overlays/{k:03d}_{_safe(Path(item.name).stem)}_{_safe(m.replace('+', 'p'))}.png"
-            overlay_png(
-                img,
-                e.heatmap,
-                out / rel,
-                title=f"{m}: {e.target_class} (p={e.prediction.probs[CLASSES.index(e.target_class)]:.2f})",
-            )
-            overlays[k][m] = rel
-    targets = [CLASSES.index(e.target_class) for e in expl[methods[0]]]
+    bar = tqdm(methods, desc="explain", unit="method", disable=not progress)
+    expl = {m: _explain_prepared(predictor, x, geoms, m, [tgt] * len(imgs)) for m in bar}
     classes = [
         CLASSES[it.label] if it.label is not None else p.class_name
         for it, p in zip(items, preds, strict=True)
@@ -711,31 +726,16 @@ def run_explain(
         "n_images": len(items),
         "source": "test split" if images is None else "given images",
         "layer": get_spec(predictor.model_name).cam_layer,
-        "faithfulness": _faithfulness_prepared(
-            predictor, x, {m: [e.input_heatmap for e in expl[m]] for m in methods}, targets, n_steps, seed
-        ),
-        "shortcut_energy": {m: shortcut_energy([e.heatmap for e in expl[m]], imgs, classes) for m in methods},
+        **_checks(predictor, x, items, imgs, expl, classes, n_steps, seed),
     }
-    lesion = [k for k, it in enumerate(items) if it.mask is not None]
-    masks = {k: np.array(Image.open(items[k].mask).convert("L")) > 127 for k in lesion}
-    lesion = [k for k in lesion if masks[k].any() and masks[k].shape == imgs[k].shape]
-    if lesion:
-        result["pointing_game"] = {
-            m: _pointing_scores(
-                [expl[m][k].heatmap for k in lesion],
-                [masks[k] for k in lesion],
-                POINTING_TOLERANCE,
-                200,
-                seed,
-            )
-            for m in methods
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    result["gallery"] = _gallery(out, list(zip(items, preds, overlays, strict=True)), result).name
+    links = _write_overlays(out, items, imgs, expl)
+    result["gallery"] = _gallery(out, list(zip(items, preds, links, strict=True)), result)
     result["seconds"] = round(time.time() - t0, 1)
     write_json(out / "explain.json", result)
     if images is None:
-        _merge_metrics(paths.eval_dir("test") / "metrics.json", result)
+        metrics_path = paths.eval_dir("test") / "metrics.json"
+        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+        write_json(metrics_path, {**metrics, "explain": result})
         _refresh_report(paths.root)
     return result
 
@@ -756,83 +756,76 @@ def _refresh_report(root: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _phantom_set(
-    n_per_class: int, pre: PreprocessConfig, size: int, seed: int
-) -> tuple[list, np.ndarray, list]:
-    """(float32 images, labels, lesion masks) for n_per_class phantoms of every class."""
+def phantom_set(
+    n_per_class: int, size: int, seed: int
+) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Seeded phantoms: (float32 (size, size) [0, 1] images, int labels (N,), bool lesion masks)."""
     from lungct.phantoms import make_phantom
 
     rng = np.random.default_rng(seed)
-    imgs, labels, masks = [], [], []
-    for _ in range(n_per_class):
-        for c, kind in enumerate(CLASSES):
-            img, mask = make_phantom(kind, size, rng)
-            imgs.append(img.astype(np.float32) / 255.0)
-            labels.append(c)
-            masks.append(mask)
-    return imgs, np.array(labels), masks
+    drawn = [
+        (c, *make_phantom(kind, size, rng)) for _ in range(n_per_class) for c, kind in enumerate(CLASSES)
+    ]
+    return (
+        [im.astype(np.float32) / 255.0 for _, im, _ in drawn],
+        np.array([c for c, *_ in drawn]),
+        [m for *_, m in drawn],
+    )
 
 
-def run_pointing_game_benchmark(
+def train_phantom_model(
     *,
     size: int = 128,
     n_train: int = 40,
     n_val: int = 10,
-    n_test: int = 20,
     epochs: int = 10,
     seed: int = 0,
-    method: str = "gradcam",
     progress: bool = False,
-) -> dict[str, Any]:
-    """Train small_cnn on seeded phantoms and play the pointing game on new ones (true class explained).
+) -> Predictor:
+    """small_cnn trained from scratch on seeded phantoms (counts per class, size in px).
 
-    Phantom classes differ only by their lesion (none / small nodule / large spiculated mass) while the
-    anatomy is random per image, so a model that learned the task must look at the lesion.
-    Returns hit rate vs random maps, test accuracy and timing. Sizes in px, counts per class.
+    Phantom classes differ only by their lesion (none / small nodule / large spiculated mass) while
+    the anatomy is random per image, so a model that learned the task has to look at the lesion.
     """
     from lungct.config import make_config
     from lungct.network import build_network
-    from lungct.train import fit, predict_logits, set_determinism
+    from lungct.train import fit, set_determinism
 
-    t0 = time.time()
     set_determinism(seed)
     pre = PreprocessConfig(size=size)
-    sets = {
-        name: _phantom_set(n, pre, size, seed + k)
-        for k, (name, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
-    }
 
-    def cache(imgs: list) -> np.ndarray:
-        return np.stack([np.round(preprocess(im, pre)[0] * 255).astype(np.uint8) for im in imgs])
+    def cache(n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        imgs, labels, _ = phantom_set(n, size, s)
+        return np.stack([np.round(preprocess(im, pre)[0] * 255).astype(np.uint8) for im in imgs]), labels
 
-    train, val = ((cache(sets[s][0]), sets[s][1]) for s in ("train", "val"))
     net, _, _ = build_network("small_cnn", pretrained="none")
+    cfg = make_config({"model": "small_cnn", "pretrained": "none", "image_size": size, "seed": seed})
     cfg = make_config(
-        {
-            "model": "small_cnn",
-            "pretrained": "none",
-            "image_size": size,
-            "epochs": epochs,
-            "batch_size": 16,
-            "lr": 5e-3,
-            "augment": False,
-            "patience": epochs,
-            "warmup_epochs": 1,
-            "seed": seed,
-        }
+        {"epochs": epochs, "patience": epochs, "batch_size": 16, "lr": 5e-3, "augment": False}, cfg
     )
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        state = fit(net, cfg, train, val, d / "best.pt", d / "last.pt", d / "history.csv", progress=progress)
-        net.load_state_dict(load_checkpoint(d / "best.pt")["state_dict"])
-    predictor = Predictor(net, "small_cnn", pre)
-    imgs, labels, masks = sets["test"]
-    acc = float((predict_logits(net, cache(imgs)).argmax(1) == labels).mean())
+        best, last, hist = (Path(tmp) / n for n in ("best.pt", "last.pt", "history.csv"))
+        fit(net, cfg, cache(n_train, seed), cache(n_val, seed + 1), best, last, hist, progress=progress)
+        net.load_state_dict(load_checkpoint(best)["state_dict"])
+    return Predictor(net, "small_cnn", pre)
+
+
+def run_pointing_game_benchmark(
+    *, n_test: int = 20, method: str = "gradcam", seed: int = 0, **train: Any
+) -> dict[str, Any]:
+    """Train small_cnn on phantoms (``train``: options of :func:`train_phantom_model`), then play the
+    pointing game, explaining the true class, on ``n_test`` new phantoms per class.
+
+    Returns hit rate vs seeded random maps, test accuracy and the time taken (s).
+    """
+    t0 = time.time()
+    predictor = train_phantom_model(seed=seed, **train)
+    imgs, labels, masks = phantom_set(n_test, predictor.pre.size, seed + 2)
+    acc = float(np.mean([p.label for p in predictor.predict_images(imgs)] == labels))
     pg = pointing_game(predictor, imgs, masks, method, targets=[CLASSES[y] for y in labels], seed=seed)
     return {
         "model": "small_cnn",
-        "size": size,
-        "epochs_run": state.epoch,
+        "size": predictor.pre.size,
         "test_accuracy": round(acc, 4),
         **pg,
         "seconds": round(time.time() - t0, 1),

@@ -18,13 +18,15 @@ from lungct.pipeline import run_training
 
 log = logging.getLogger("lungct")
 
-BANNER = "\n".join([
-    "#" * 78,
-    "#  NO REAL DATA FOUND - RUNNING ON SYNTHETIC PHANTOMS.",
-    "#  These are generated cartoons of CT slices, not patients. Every number this run",
-    "#  reports is meaningless for clinical use. Get the IQ-OTH/NCCD data and pass --data.",
-    "#" * 78,
-])
+BANNER = "\n".join(
+    [
+        "#" * 78,
+        "#  NO REAL DATA FOUND - RUNNING ON SYNTHETIC PHANTOMS.",
+        "#  These are generated cartoons of CT slices, not patients. Every number this run",
+        "#  reports is meaningless for clinical use. Get the IQ-OTH/NCCD data and pass --data.",
+        "#" * 78,
+    ]
+)
 
 
 def find_real_data(cfg: TrainConfig) -> Path | None:
@@ -45,13 +47,17 @@ def run_main_job(cfg: TrainConfig, out: Path, *, allow_synthetic: bool = True, p
     synthetic = root is None
     if synthetic:
         if not allow_synthetic:
-            raise DataError("no real data found (--data, LUNGCT_DATA, ./data, download) and --no-synthetic given")
+            raise DataError(
+                "no real data found (--data, LUNGCT_DATA, ./data, download) and --no-synthetic given"
+            )
         from lungct.phantoms import write_phantom_dataset
 
         print(BANNER, flush=True)
         root = out / "synthetic_phantoms"
         if not root.is_dir():
-            write_phantom_dataset(root, n_patients=12, slices_per_patient=6, size=128, seed=cfg.seed, masks=True)
+            write_phantom_dataset(
+                root, n_patients=12, slices_per_patient=6, size=128, seed=cfg.seed, masks=True
+            )
     cfg = replace(cfg, data=str(root))
     paths = run_training(cfg, out, progress=progress, synthetic=synthetic)
     from lungct.explain import run_explain

@@ -27,10 +27,19 @@ class Classifier(nn.Module):
         return self.backbone((x - self.mean) / self.std)
 
 
+BN_MOMENTUM = 0.1
+"""Batch-norm running-stat momentum for fine-tuning. Some backbones ship TensorFlow's 0.01, which on a
+small dataset (tens of steps per epoch) leaves the running statistics far behind the weights, so
+evaluation-mode outputs are wrong for many epochs."""
+
+
 def build_network(name: str, pretrained: str = "auto") -> tuple[Classifier, ModelSpec, PretrainedInfo]:
     """Build the registry model ``name`` wrapped with its normalisation."""
     spec = get_spec(name)
     backbone, info = create_model(name, pretrained=pretrained, num_classes=len(CLASSES))
+    for m in backbone.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = BN_MOMENTUM
     return Classifier(backbone, spec.mean, spec.std), spec, info
 
 

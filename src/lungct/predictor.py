@@ -70,8 +70,15 @@ class Prediction:
 class Predictor:
     """A trained network plus everything needed to use it on raw images."""
 
-    def __init__(self, net: Classifier, model_name: str, pre: PreprocessConfig, temperature: float = 1.0,
-                 threshold: float = 0.5, info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: Classifier,
+        model_name: str,
+        pre: PreprocessConfig,
+        temperature: float = 1.0,
+        threshold: float = 0.5,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         self.net = net.eval()
         self.model_name = model_name
         self.pre = pre
@@ -93,8 +100,14 @@ class Predictor:
 
             raise ModelError(f"checkpoint {paths.best} does not match model {run['model']}") from exc
         cal = run.get("calibration", {})
-        return cls(net, run["model"], PreprocessConfig(**run["preprocess"]), cal.get("temperature", 1.0),
-                   cal.get("malignant_threshold", 0.5), run)
+        return cls(
+            net,
+            run["model"],
+            PreprocessConfig(**run["preprocess"]),
+            cal.get("temperature", 1.0),
+            cal.get("malignant_threshold", 0.5),
+            run,
+        )
 
     @property
     def version(self) -> str:
@@ -111,20 +124,24 @@ class Predictor:
         logits = self.net(x.contiguous(memory_format=torch.channels_last)).float()
         return torch.softmax(logits / self.temperature, dim=1).numpy()
 
-    def predict_images(self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None,
-                       batch_size: int = 32) -> list[Prediction]:
+    def predict_images(
+        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, batch_size: int = 32
+    ) -> list[Prediction]:
         """Predict decoded (H, W) [0, 1] images in batches."""
         sources = list(sources) if sources is not None else [""] * len(images)
         out: list[Prediction] = []
         for i in range(0, len(images), batch_size):
             prepared = [self.prepare(im) for im in images[i : i + batch_size]]
             probs = self.calibrated_probs(torch.cat([p[0] for p in prepared]))
-            out += [Prediction(pr, self.threshold, g, s)
-                    for pr, (_, g), s in zip(probs, prepared, sources[i : i + batch_size], strict=True)]
+            out += [
+                Prediction(pr, self.threshold, g, s)
+                for pr, (_, g), s in zip(probs, prepared, sources[i : i + batch_size], strict=True)
+            ]
         return out
 
-    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 32,
-                      progress: bool = False) -> list[Prediction]:
+    def predict_paths(
+        self, paths: Sequence[str | Path], batch_size: int = 32, progress: bool = False
+    ) -> list[Prediction]:
         """Read and predict files; ImageReadError on the first unreadable one."""
         out: list[Prediction] = []
         bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)

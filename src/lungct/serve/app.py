@@ -36,11 +36,17 @@ log = logging.getLogger("lungct.serve")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.ErrorResponse, "description": text}
-    for code, text in ((401, "Missing or wrong bearer token"), (413, "Upload too large"),
-                       (415, "Unsupported file type"), (422, "Unreadable image or invalid request"))
+    for code, text in (
+        (401, "Missing or wrong bearer token"),
+        (413, "Upload too large"),
+        (415, "Unsupported file type"),
+        (422, "Unreadable image or invalid request"),
+    )
 }
-INTENDED_USE = ("Research and teaching: classifies single axial chest CT slices as normal / benign / "
-                "malignant. Not a medical device; not for diagnosis or treatment decisions.")
+INTENDED_USE = (
+    "Research and teaching: classifies single axial chest CT slices as normal / benign / "
+    "malignant. Not a medical device; not for diagnosis or treatment decisions."
+)
 LIMITATIONS = [
     "Trained on one public dataset of 8-bit JPEG slices (IQ-OTH/NCCD) without patient ids; performance on "
     "other scanners, protocols and populations is unknown.",
@@ -74,8 +80,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg')}"
-                 for e in exc.errors()]
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg')}"
+            for e in exc.errors()
+        ]
         return _error(request, 422, "invalid request: " + "; ".join(parts))
 
     @app.exception_handler(LungctError)
@@ -104,8 +112,11 @@ def _token_dependency(token: str | None) -> Any:
         if token is None:
             return
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return require_token
 
@@ -114,13 +125,20 @@ def _slice_fields(o: SliceOutcome) -> dict[str, Any]:
     p, s = o.prediction, o.slice
     h, w = s.image.shape
     fields: dict[str, Any] = {
-        "assessed": p is not None, "ood": s.guard.to_dict(), "decision_text": decision_text(p, s.guard),
-        "image": {"width": w, "height": h, "format": s.format}, "explanation": o.explanation,
+        "assessed": p is not None,
+        "ood": s.guard.to_dict(),
+        "decision_text": decision_text(p, s.guard),
+        "image": {"width": w, "height": h, "format": s.format},
+        "explanation": o.explanation,
     }
     if p is not None:
         d = p.to_dict()
-        fields.update(predicted_class=d["class"], probabilities=d["probabilities"],
-                      malignant_probability=d["malignant_probability"], decision=d["decision"])
+        fields.update(
+            predicted_class=d["class"],
+            probabilities=d["probabilities"],
+            malignant_probability=d["malignant_probability"],
+            decision=d["decision"],
+        )
     return fields
 
 
@@ -131,12 +149,21 @@ def _model_card(predictor: Predictor, run_dir: Path | None, explain_method: str)
             metrics = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
         except (OSError, ValueError) as exc:
             log.warning("cannot read eval/test/metrics.json: %s", type(exc).__name__)
-    return _finite({
-        "name": predictor.model_name, "version": predictor.version, "classes": list(CLASSES),
-        "threshold": predictor.threshold, "temperature": predictor.temperature,
-        "preprocess": predictor.pre.to_dict(), "intended_use": INTENDED_USE, "limitations": LIMITATIONS,
-        "run": copy.deepcopy(predictor.info), "metrics": metrics, "explain_method": explain_method,
-    })
+    return _finite(
+        {
+            "name": predictor.model_name,
+            "version": predictor.version,
+            "classes": list(CLASSES),
+            "threshold": predictor.threshold,
+            "temperature": predictor.temperature,
+            "preprocess": predictor.pre.to_dict(),
+            "intended_use": INTENDED_USE,
+            "limitations": LIMITATIONS,
+            "run": copy.deepcopy(predictor.info),
+            "metrics": metrics,
+            "explain_method": explain_method,
+        }
+    )
 
 
 def _read_study(files: list[UploadFile], per_file: int, limits: ZipLimits, max_slices: int) -> list[bytes]:
@@ -168,14 +195,23 @@ def _study_warnings(slices: list[Slice], basis: str) -> list[str]:
         out.append("DICOM slices lack position and instance number: slices are shown in upload order")
     flagged = sum(s.guard.flagged for s in slices)
     if flagged:
-        out.append(f"{flagged} of {len(slices)} slices were not assessed (they do not look like axial chest CT)")
+        out.append(
+            f"{flagged} of {len(slices)} slices were not assessed (they do not look like axial chest CT)"
+        )
     return out
 
 
-def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20,
-               cors_origins: list[str] | None = None, explain_method: str = "gradcam",
-               max_study_mb: float = 200, max_slices: int = 500,
-               run_dir: str | Path | None = None) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    *,
+    token: str | None = None,
+    max_upload_mb: float = 20,
+    cors_origins: list[str] | None = None,
+    explain_method: str = "gradcam",
+    max_study_mb: float = 200,
+    max_slices: int = 500,
+    run_dir: str | Path | None = None,
+) -> FastAPI:
     """The workstation app around an already loaded predictor.
 
     ``max_upload_mb``: request limit for /predict and per-file limit in studies; ``max_study_mb``:
@@ -184,33 +220,49 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
     ``run_dir``: run folder, for eval/test/metrics.json in the model card.
     """
     if explain_method not in METHODS:
-        raise LungctError(f"unknown explanation method {explain_method!r}; choose one of: {', '.join(METHODS)}")
+        raise LungctError(
+            f"unknown explanation method {explain_method!r}; choose one of: {', '.join(METHODS)}"
+        )
     per_file, per_study = int(max_upload_mb * 2**20), int(max_study_mb * 2**20)
     limits = ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study)
     ws = Workstation(predictor, explain_method)
     card = _model_card(predictor, Path(run_dir) if run_dir is not None else None, explain_method)
     model_ref = {"name": predictor.model_name, "version": predictor.version}
 
-    app = FastAPI(title="lungct workstation", version=__version__, docs_url=None, redoc_url=None,
-                  description="Lung CT slice classification with calibrated probabilities and Grad-CAM. "
-                  + schemas.DISCLAIMER)
+    app = FastAPI(
+        title="lungct workstation",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description="Lung CT slice classification with calibrated probabilities and Grad-CAM. "
+        + schemas.DISCLAIMER,
+    )
     app.state.workstation = ws
     _install_error_handlers(app)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(_token_dependency(token))], responses=ERRORS)
 
     @api.post("/predict", response_model=schemas.PredictResponse, summary="Classify one slice")
-    def predict(request: Request, file: Annotated[UploadFile, File(description="One image or DICOM file.")],
-                explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True) -> dict[str, Any]:
+    def predict(
+        request: Request,
+        file: Annotated[UploadFile, File(description="One image or DICOM file.")],
+        explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         outcome = ws.predict(decode_upload(file.file.read()), explain=explain)
-        return {"request_id": request.state.request_id, "threshold": predictor.threshold, "model": model_ref,
-                "timing_ms": round(1000 * (time.perf_counter() - t0), 1), **_slice_fields(outcome)}
+        return {
+            "request_id": request.state.request_id,
+            "threshold": predictor.threshold,
+            "model": model_ref,
+            "timing_ms": round(1000 * (time.perf_counter() - t0), 1),
+            **_slice_fields(outcome),
+        }
 
     @api.post("/studies", response_model=schemas.StudyResponse, summary="Classify a study (several slices)")
-    def studies(request: Request,
-                files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
-                explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
-                ) -> dict[str, Any]:
+    def studies(
+        request: Request,
+        files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
+        explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         blobs = _read_study(files, per_file, limits, max_slices)
         decoded = [decode_upload(b, f"file {k}") for k, b in enumerate(blobs, start=1)]
@@ -221,13 +273,25 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         results = []
         for k, o in enumerate(outcomes, start=1):
             pos = o.slice.dicom.position if o.slice.dicom is not None else None
-            results.append({"index": k, "label": f"slice {k}", **_slice_fields(o),
-                            "position_mm": round(pos - z0, 3) if pos is not None and z0 is not None else None})
+            results.append(
+                {
+                    "index": k,
+                    "label": f"slice {k}",
+                    **_slice_fields(o),
+                    "position_mm": round(pos - z0, 3) if pos is not None and z0 is not None else None,
+                }
+            )
         top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
-        return {"request_id": request.state.request_id, "case": case_summary(outcomes, predictor.threshold),
-                "order": basis, "top": [r["index"] for r in top], "slices": results,
-                "warnings": _study_warnings(slices, basis), "model": model_ref,
-                "timing_ms": round(1000 * (time.perf_counter() - t0), 1)}
+        return {
+            "request_id": request.state.request_id,
+            "case": case_summary(outcomes, predictor.threshold),
+            "order": basis,
+            "top": [r["index"] for r in top],
+            "slices": results,
+            "warnings": _study_warnings(slices, basis),
+            "model": model_ref,
+            "timing_ms": round(1000 * (time.perf_counter() - t0), 1),
+        }
 
     @api.get("/model", response_model=schemas.ModelCard, summary="Model card and test metrics")
     def model() -> dict[str, Any]:
@@ -249,8 +313,13 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Request-ID"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID"],
+        )
     app.add_middleware(RequestGuard, limits={"/api/v1/predict": per_file, "/api/v1/studies": per_study})
     return app
 
@@ -258,9 +327,19 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, *,
-          max_upload_mb: float = 20, max_study_mb: float = 200, cors_origins: list[str] | None = None,
-          explain_method: str = "gradcam", threads: int | None = None, log_level: str = "info") -> None:
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    *,
+    max_upload_mb: float = 20,
+    max_study_mb: float = 200,
+    cors_origins: list[str] | None = None,
+    explain_method: str = "gradcam",
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the run's model once and serve the workstation with uvicorn (one worker) until stopped."""
     import torch
     import uvicorn
@@ -269,11 +348,19 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token:
     if threads:
         torch.set_num_threads(threads)
     predictor = Predictor.from_run(run_dir)
-    app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_study_mb=max_study_mb,
-                     cors_origins=cors_origins, explain_method=explain_method, run_dir=run_dir)
+    app = create_app(
+        predictor,
+        token=token,
+        max_upload_mb=max_upload_mb,
+        max_study_mb=max_study_mb,
+        cors_origins=cors_origins,
+        explain_method=explain_method,
+        run_dir=run_dir,
+    )
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["lungct"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     if host not in LOOPBACK and token is None:
         log.warning("serving on %s without a token: anyone who can reach this port can use the model", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=config, workers=1,
-                server_header=False)
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, log_config=config, workers=1, server_header=False
+    )

@@ -24,24 +24,32 @@ IDENTIFYING_KEYWORDS: tuple[str, ...] = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge",
     "PatientWeight", "PatientSize", "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
     "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "EthnicGroup", "PatientComments",
-    "AdditionalPatientHistory", "MedicalRecordLocator", "IssuerOfPatientID", "PatientInsurancePlanCodeSequence",
-    "AccessionNumber", "StudyID", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
-    "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
-    "AcquisitionDateTime", "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-    "ReferringPhysicianName", "ReferringPhysicianAddress", "PerformingPhysicianName", "OperatorsName",
-    "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician", "StationName",
-    "DeviceSerialNumber", "StudyDescription", "SeriesDescription", "ImageComments", "RequestAttributesSequence",
-    "RequestedProcedureDescription", "PerformedProcedureStepDescription", "ProtocolName",
-)
+    "AdditionalPatientHistory", "MedicalRecordLocator", "IssuerOfPatientID",
+    "PatientInsurancePlanCodeSequence", "AccessionNumber", "StudyID", "StudyDate", "SeriesDate",
+    "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime",
+    "InstanceCreationDate", "InstanceCreationTime", "AcquisitionDateTime", "InstitutionName",
+    "InstitutionAddress", "InstitutionalDepartmentName", "ReferringPhysicianName",
+    "ReferringPhysicianAddress", "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "RequestingPhysician", "StationName", "DeviceSerialNumber", "StudyDescription", "SeriesDescription",
+    "ImageComments", "RequestAttributesSequence", "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription", "ProtocolName",
+)  # fmt: skip
 """Attributes removed by :func:`deidentify` (names, ids, dates, places, people, free text)."""
 
-BLANKED_KEYWORDS: tuple[str, ...] = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                                     "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
-                                     "StudyID")
+BLANKED_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "AccessionNumber", "ReferringPhysicianName", "StudyID",
+)  # fmt: skip
 """Type 2 attributes that a valid file keeps, but empty."""
 
-UID_KEYWORDS: tuple[str, ...] = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                 "FrameOfReferenceUID", "InstanceCreatorUID")
+UID_KEYWORDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "InstanceCreatorUID",
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,8 @@ def read_slice(data: bytes, name: str = "upload", window: Window = LUNG_WINDOW) 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     series = getattr(ds, "SeriesInstanceUID", None)
     return DicomSlice(
-        image=window.apply(hu), hu=hu,
+        image=window.apply(hu),
+        hu=hu,
         modality=str(ds.Modality) if getattr(ds, "Modality", None) else None,
         position=position,
         instance=int(instance) if instance not in (None, "") else None,

@@ -21,9 +21,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
-    (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
 )
 
 
@@ -80,13 +82,28 @@ class RequestGuard:
             status = status or 500
             raise
         finally:
-            log.info("%s %s %s %d %dB %.0fms", rid, scope["method"], scope["path"], status, received,
-                     1000 * (time.perf_counter() - t0))
+            log.info(
+                "%s %s %s %d %dB %.0fms",
+                rid,
+                scope["method"],
+                scope["path"],
+                status,
+                received,
+                1000 * (time.perf_counter() - t0),
+            )
 
     @staticmethod
     async def _reject(send: Send, status: int, detail: str, rid: str) -> None:
         body = json.dumps({"detail": detail, "request_id": rid}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

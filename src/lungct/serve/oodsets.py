@@ -15,8 +15,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-WORDS = ("patient report findings lung window contrast series slice nodule follow up imaging the of and "
-         "results table page total date normal benign malignant review summary invoice order shipping").split()
+WORDS: tuple[str, ...] = (
+    "patient", "report", "findings", "lung", "window", "contrast", "series", "slice", "nodule", "follow",
+    "imaging", "the", "of", "and", "results", "table", "page", "total", "date", "review", "summary",
+    "invoice", "order", "shipping", "normal", "benign", "malignant",
+)  # fmt: skip
 
 
 def encode(arr: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -66,8 +66,10 @@ class SliceFields(BaseModel):
     probabilities: dict[str, float] | None = Field(None, description="Calibrated probabilities per class.")
     malignant_probability: float | None = None
     decision: str | None = Field(
-        None, description="'malignant' when p(malignant) >= threshold, else the likelier other class; "
-        "None when not assessed.")
+        None,
+        description="'malignant' when p(malignant) >= threshold, else the likelier other class; "
+        "None when not assessed.",
+    )
     decision_text: str = Field(description="Human-readable decision, 'not assessed: <reason>' for OOD input.")
     image: ImageSize
     explanation: ExplanationOut | None = None
@@ -89,7 +91,8 @@ class SliceResult(SliceFields):
     index: int
     label: str
     position_mm: float | None = Field(
-        None, description="DICOM position along the slice normal relative to the first slice (mm).")
+        None, description="DICOM position along the slice normal relative to the first slice (mm)."
+    )
 
 
 class CaseResult(BaseModel):

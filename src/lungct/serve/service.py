@@ -19,7 +19,7 @@ from PIL import Image
 
 from lungct import CLASSES
 from lungct.errors import ImageReadError
-from lungct.explain import CMAP, explain_batch, heatmap_png, overlay
+from lungct.explain import CMAP, explain_batch, heatmap_png, overlay, target_layer
 from lungct.imaging import decode_bytes
 from lungct.predictor import Prediction, Predictor
 from lungct.serve import dicomio, ood
@@ -85,7 +85,9 @@ def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
     size = _display_size(img)
     if size is not None:
         img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
-        heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+        heat = np.asarray(
+            Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
+        )
     grey = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
     return {
         "image_png": png_b64(grey, "L"),
@@ -94,21 +96,48 @@ def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
     }
 
 
+def limit_backward(predictor: Predictor) -> bool:
+    """Freeze every parameter outside the CAM target layer; True when applied.
+
+    Grad-CAM needs gradients from the output back to the target layer's activations only. With
+    the earlier parameters frozen, the backward pass stops at the target layer instead of running
+    through the whole network (about 3x less work for efficientnet_lite0); the heatmaps are
+    identical. Only for a predictor that serves, never one that trains. Layers without parameters
+    (e.g. a bare activation) are left unchanged, since their output would then carry no gradient.
+    """
+    own = list(target_layer(predictor).parameters())
+    if not own:
+        return False
+    for p in predictor.net.parameters():
+        p.requires_grad_(False)
+    for p in own:
+        p.requires_grad_(True)
+    return True
+
+
 class Workstation:
-    """A loaded predictor plus the lock that serialises inference and explanation."""
+    """A loaded predictor plus the lock that serialises inference and explanation.
+
+    Construction calls :func:`limit_backward` on the predictor (serving only).
+    """
 
     def __init__(self, predictor: Predictor, explain_method: str = "gradcam") -> None:
         self.predictor = predictor
         self.explain_method = explain_method
         self._lock = threading.Lock()
+        limit_backward(predictor)
 
     def _explain(self, images: Sequence[np.ndarray], targets: Sequence[str | None]) -> list[Any]:
         """Explanations for images (caller holds the lock); target None = the decided class."""
         ex = explain_batch(self.predictor, images, self.explain_method, list(targets))
         redo = [i for i, e in enumerate(ex) if targets[i] is None and e.prediction.decision != e.target_class]
         if redo:  # explain the decision (e.g. 'malignant' above threshold but not the arg-max)
-            again = explain_batch(self.predictor, [images[i] for i in redo], self.explain_method,
-                                  [ex[i].prediction.decision for i in redo])
+            again = explain_batch(
+                self.predictor,
+                [images[i] for i in redo],
+                self.explain_method,
+                [ex[i].prediction.decision for i in redo],
+            )
             for i, e in zip(redo, again, strict=True):
                 ex[i] = e
         return ex
@@ -122,8 +151,11 @@ class Workstation:
                 return SliceOutcome(s, self.predictor.predict_images([s.image])[0])
             ex = self._explain([s.image], [None])[0]
         images = explanation_images(s.image, ex.heatmap)
-        return SliceOutcome(s, ex.prediction, {"method": ex.method, "target_class": ex.target_class, "colormap": CMAP,
-                                      **images})
+        return SliceOutcome(
+            s,
+            ex.prediction,
+            {"method": ex.method, "target_class": ex.target_class, "colormap": CMAP, **images},
+        )
 
     def predict_many(self, slices: Sequence[Slice], explain_top: int = 3) -> list[SliceOutcome]:
         """Predict every unflagged slice; explain the ``explain_top`` with the highest p(malignant)."""
@@ -140,8 +172,12 @@ class Workstation:
             with self._lock:
                 ex = self._explain([slices[i].image for i in top], [out[i].prediction.decision for i in top])
             for i, e in zip(top, ex, strict=True):
-                out[i].explanation = {"method": e.method, "target_class": e.target_class, "colormap": CMAP,
-                                      **explanation_images(slices[i].image, e.heatmap)}
+                out[i].explanation = {
+                    "method": e.method,
+                    "target_class": e.target_class,
+                    "colormap": CMAP,
+                    **explanation_images(slices[i].image, e.heatmap),
+                }
         return out
 
 
@@ -156,12 +192,23 @@ def decision_text(pred: Prediction | None, guard: ood.OODResult) -> str:
 def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str, Any]:
     """Case-level decision over assessed slices (see ``schemas.CASE_RULE``). Slice numbers 1-based."""
     assessed = [(k, o.prediction) for k, o in enumerate(outcomes, start=1) if o.prediction is not None]
-    base = {"threshold": threshold, "n_slices": len(outcomes), "n_assessed": len(assessed),
-            "n_not_assessed": len(outcomes) - len(assessed)}
+    base = {
+        "threshold": threshold,
+        "n_slices": len(outcomes),
+        "n_assessed": len(assessed),
+        "n_not_assessed": len(outcomes) - len(assessed),
+    }
     if not assessed:
-        return {**base, "decision": None, "decision_text": "not assessed: no slice passed the input guard",
-                "mean_malignant_probability": None, "max_malignant_probability": None,
-                "mean_probabilities": None, "most_suspicious_slice": None, "n_above_threshold": 0}
+        return {
+            **base,
+            "decision": None,
+            "decision_text": "not assessed: no slice passed the input guard",
+            "mean_malignant_probability": None,
+            "max_malignant_probability": None,
+            "mean_probabilities": None,
+            "most_suspicious_slice": None,
+            "n_above_threshold": 0,
+        }
     pm = np.array([p.malignant_probability for _, p in assessed])
     mean_probs = np.mean([p.probs for _, p in assessed], axis=0)
     k_max = assessed[int(np.argmax(pm))][0]
@@ -173,8 +220,13 @@ def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str
         mal = CLASSES.index("malignant")
         decision = CLASSES[max((i for i in range(len(CLASSES)) if i != mal), key=lambda i: mean_probs[i])]
         text = f"{decision}: no slice reaches threshold {threshold:.2f} (max p(malignant) {pm.max():.2f})"
-    return {**base, "decision": decision, "decision_text": text,
-            "mean_malignant_probability": round(float(pm.mean()), 6),
-            "max_malignant_probability": round(float(pm.max()), 6),
-            "mean_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, mean_probs, strict=True)},
-            "most_suspicious_slice": k_max, "n_above_threshold": n_above}
+    return {
+        **base,
+        "decision": decision,
+        "decision_text": text,
+        "mean_malignant_probability": round(float(pm.mean()), 6),
+        "max_malignant_probability": round(float(pm.max()), 6),
+        "mean_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, mean_probs, strict=True)},
+        "most_suspicious_slice": k_max,
+        "n_above_threshold": n_above,
+    }

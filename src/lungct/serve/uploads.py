@@ -63,8 +63,13 @@ class ZipLimits:
 def _skip(info: zipfile.ZipInfo) -> bool:
     """Directories, macOS resource forks, hidden files and DICOMDIR indexes are not slices."""
     base = posixpath.basename(info.filename.replace("\\", "/"))
-    return info.is_dir() or not base or base.startswith(".") or base.upper() == "DICOMDIR" or (
-        info.filename.startswith("__MACOSX/"))
+    return (
+        info.is_dir()
+        or not base
+        or base.startswith(".")
+        or base.upper() == "DICOMDIR"
+        or (info.filename.startswith("__MACOSX/"))
+    )
 
 
 def _unsafe(name: str) -> bool:
@@ -94,15 +99,19 @@ def read_zip(data: bytes, limits: ZipLimits) -> list[bytes]:
             raise TooLarge(f"zip archive has {len(members)} files; the limit is {limits.max_members} slices")
         declared = sum(i.file_size for i in members)
         if declared > limits.max_total_bytes:
-            raise TooLarge(f"zip archive unpacks to {declared / 2**20:.0f} MB; the limit is "
-                           f"{limits.max_total_bytes / 2**20:.0f} MB")
+            raise TooLarge(
+                f"zip archive unpacks to {declared / 2**20:.0f} MB; the limit is "
+                f"{limits.max_total_bytes / 2**20:.0f} MB"
+            )
         return [_read_member(zf, i, k, limits) for k, i in enumerate(members, start=1)]
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, k: int, limits: ZipLimits) -> bytes:
     if info.file_size > limits.max_member_bytes:
-        raise TooLarge(f"zip member {k} unpacks to {info.file_size / 2**20:.1f} MB; the limit is "
-                       f"{limits.max_member_bytes / 2**20:.1f} MB per slice")
+        raise TooLarge(
+            f"zip member {k} unpacks to {info.file_size / 2**20:.1f} MB; the limit is "
+            f"{limits.max_member_bytes / 2**20:.1f} MB per slice"
+        )
     try:
         with zf.open(info) as fh:
             content = fh.read(limits.max_member_bytes + 1)  # never trust the declared size

@@ -73,6 +73,8 @@ async function analyse(files) {
   const form = new FormData();
   files.forEach((f, i) => form.append(study ? "files" : "file", f, `upload-${i + 1}`));
   const url = study ? "/api/v1/studies?explain_top=3" : "/api/v1/predict?explain=true";
+  $("result").hidden = true; // never leave an earlier result next to a new upload
+  state.data = null;
   setStatus(study ? `Analysing ${files.length === 1 ? "archive" : files.length + " slices"}…` : "Analysing slice…");
   document.body.classList.add("busy");
   try {
@@ -104,6 +106,7 @@ function renderProbs(probs, threshold) {
   const box = $("probs");
   box.replaceChildren();
   $("probs-title").hidden = !probs;
+  $("threshold-note").hidden = !probs;
   if (!probs) return;
   for (const c of CLASSES) {
     const row = document.createElement("div");
@@ -176,6 +179,7 @@ function renderSingle(data) {
   $("study").hidden = true;
   $("case-box").hidden = true;
   $("result-title").textContent = "Slice result";
+  $("probs-title").textContent = "Calibrated probabilities";
   setDecision(data.decision, data.decision_text, data.assessed);
   renderOod(data);
   renderProbs(data.probabilities, data.threshold);
