@@ -84,6 +84,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise SystemExit("server did not become ready")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (all threads) from /proc; None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def load(url: str, payload: bytes, n: int, clients: int, explain: bool) -> tuple[list[float], int, float]:
     """(latencies in s of successful requests, error count, wall seconds)."""
 
@@ -146,7 +155,9 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc)
         load(url, payload, 8, 1, not args.no_explain)  # warm-up
+        cpu0 = cpu_seconds(proc.pid)
         lat, errors, wall = load(url, payload, args.requests, args.clients, not args.no_explain)
+        cpu1 = cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -159,6 +170,14 @@ def main() -> None:
     if ms:
         print(f"latency ms: p50={statistics.median(ms):.0f} p95={p95:.0f} max={ms[-1]:.0f}")
     print(f"errors={errors} throughput={len(lat) / wall:.1f} req/s wall={wall:.1f}s")
+    if cpu0 is not None and cpu1 is not None:
+        per = (cpu1 - cpu0) / args.requests
+        print(
+            f"server CPU per request: {1000 * per:.0f} ms (contention-independent; {args.threads} cores "
+            f"can serve at most ~{args.threads / per:.1f} req/s)"
+        )
+    busy = os.getloadavg()[0]
+    print(f"load average after the run: {busy:.1f} (above {os.cpu_count()}: other work was competing)")
     verdict = "met" if ms and p95 <= 500 and errors == 0 else "NOT met"
     print(f"target p95 <= 500 ms and 0 errors: {verdict}")
 

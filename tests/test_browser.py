@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -91,9 +92,11 @@ def test_single_slice_flow(page, tmp_path):
     page.locator("#opacity").fill("80")
     assert page.evaluate("getComputedStyle(document.querySelector('#overlay')).opacity") == "0.8"
     expect(page.locator("#opacity-value")).to_have_text("80%")
-    assert "Doe" not in page.content()
+    assert "Doe" not in page.evaluate("document.body.innerText")
 
     shot = tmp_path / "page.png"
+    page.evaluate("window.scrollTo({top: 0, behavior: 'instant'})")  # sticky banner at the top of the shot
+    page.wait_for_function("() => window.scrollY === 0")
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 20_000
     with Image.open(shot) as im:
@@ -103,7 +106,8 @@ def test_single_slice_flow(page, tmp_path):
         page.click("#report-btn")
     report = Path(dl.value.path()).read_text(encoding="utf-8")
     assert "Research use only" in report and "data:image/png;base64," in report
-    assert decision in report.lower() and "Doe" not in report and ".png" not in report
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", report)  # base64 can hold any word
+    assert decision in text.lower() and "Doe" not in text and ".png" not in text
 
 
 def test_errors_are_shown(page, tmp_path):

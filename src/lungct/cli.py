@@ -27,6 +27,8 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "split": (str, "grouped (default) | random (LEAKY, for comparison with published numbers only)"),
     "balance": (str, "class imbalance: weights | sampler | none"),
     "focal_gamma": (float, "focal-loss gamma (0 = cross-entropy)"),
+    "freeze_fraction": (float, "share of backbone parameters (input side first) kept frozen"),
+    "label_smoothing": (float, "label smoothing for the loss"),
     "threads": (int, "CPU threads for torch"),
     "max_minutes": (float, "stop training after this many minutes"),
     "target_sensitivity": (float, "malignant sensitivity the operating threshold aims for on validation"),

@@ -44,6 +44,7 @@ class TrainConfig:
     balance: str = "weights"
     focal_gamma: float = 0.0
     label_smoothing: float = 0.05
+    freeze_fraction: float = 0.0  # share of backbone parameter tensors (input side first) kept frozen
     augment: bool = True
     body_crop: bool = True
     intensity: str = "percentile"
@@ -69,6 +70,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
         if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise ConfigError("val_fraction and test_fraction must be in (0, 0.5)")
+        if not 0 <= self.freeze_fraction < 1:
+            raise ConfigError("freeze_fraction must be in [0, 1)")
         if not 0 < self.target_sensitivity < 1:
             raise ConfigError("target_sensitivity must be in (0, 1)")
 

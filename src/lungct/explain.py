@@ -347,7 +347,7 @@ def _faithfulness_prepared(
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     names = [*saliency, "random"]
-    scores: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    scores: dict[str, list[np.ndarray]] = {n: [] for n in names}  # per image: (deletion, insertion)
     for i, t in enumerate(targets):
         xi = x[i, 0].numpy()
         base = ndimage.gaussian_filter(xi, sigma=xi.shape[0] / 16)
@@ -355,7 +355,10 @@ def _faithfulness_prepared(
         ties = rng.uniform(0, 1e-6, size=xi.size)  # random order among equal saliency (e.g. zeros)
         orders = [np.argsort(-(m.ravel() + ties), kind="stable") for m in maps]
         batch = torch.from_numpy(np.concatenate([_curve_inputs(xi, base, o, n_steps) for o in orders]))
-        p = predictor.calibrated_probs(batch[:, None])[:, t].reshape(len(maps), 2, n_steps + 1)
+        probs = np.concatenate(
+            [predictor.calibrated_probs(batch[j : j + 32, None]) for j in range(0, len(batch), 32)]
+        )
+        p = probs[:, t].reshape(len(maps), 2, n_steps + 1)
         for n, curves in zip(names, p, strict=True):
             scores[n].append(np.trapezoid(curves, dx=1 / n_steps, axis=1))
     out: dict[str, Any] = {
@@ -475,23 +478,32 @@ def _otsu(x: np.ndarray) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def body_mask(img: np.ndarray) -> np.ndarray | None:
-    """bool (H, W): convex hull of the largest bright component (the body, lungs included); None if none."""
-    smooth = ndimage.gaussian_filter(np.asarray(img, dtype=np.float32), sigma=max(1.0, min(img.shape) / 256))
-    labels, n = ndimage.label(smooth > max(0.04, 0.5 * _otsu(smooth)))
-    if n == 0:
-        return None
+def body_mask(img: np.ndarray, min_fraction: float = 0.15) -> np.ndarray | None:
+    """bool (H, W): convex hull of the largest filled bright region (the body, lungs included).
+
+    Works at about 128 px (max-pooled, so thin skin lines survive). Returns None when the hull covers
+    less than ``min_fraction`` of the image, e.g. bone-window slices whose soft tissue is black.
+    """
+    h, w = img.shape
+    f = max(1, min(h, w) // 128)
+    small = ndimage.maximum_filter(np.asarray(img, dtype=np.float32), size=f)[::f, ::f]
+    mask = small > max(0.1, 0.25 * _otsu(small))
+    if f > 1:  # bridge one-pixel gaps in the skin line (small images: keep the couch separate)
+        mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(ndimage.binary_fill_holes(mask))
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
-    if len(ys) < 0.02 * img.size:
+    if n == 0 or sizes.max() < 0.05 * labels.size:
         return None
+    ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
     try:
-        hull = ConvexHull(np.column_stack([xs, ys]))
+        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
     except QhullError:
         return None
-    canvas = Image.new("1", (img.shape[1], img.shape[0]), 0)
-    ImageDraw.Draw(canvas).polygon([(float(xs[v]), float(ys[v])) for v in hull.vertices], fill=1, outline=1)
-    return np.array(canvas, dtype=bool)
+    canvas = Image.new("1", (w, h), 0)
+    corners = [((xs[v] + 0.5) * f, (ys[v] + 0.5) * f) for v in hull.vertices]
+    ImageDraw.Draw(canvas).polygon(corners, fill=1, outline=1)
+    out = np.array(canvas, dtype=bool)
+    return out if out.mean() >= min_fraction else None
 
 
 def shortcut_energy(
@@ -559,8 +571,9 @@ def _test_items(paths: RunPaths, data: Path | None) -> list[_Item]:
 
 
 def _select(items: list[_Item], preds: list[Prediction], max_images: int, seed: int) -> list[int]:
-    """Up to ``max_images`` indices: wrong predictions (most confident first, at most half), then
-    correct or unlabelled ones drawn class by class in seeded random order."""
+    """Up to ``max_images`` indices in gallery order: wrong predictions (at most half unless others run
+    out), then correct and unlabelled ones drawn class by class in seeded random order; each group
+    most confident first."""
     if max_images < 1:
         raise LungctError(f"max_images must be >= 1, got {max_images}")
     is_wrong = [it.label is not None and it.label != p.label for it, p in zip(items, preds, strict=True)]
@@ -572,7 +585,8 @@ def _select(items: list[_Item], preds: list[Prediction], max_images: int, seed: 
     ]
     fill = [int(p[k]) for k in range(max(len(p) for p in pools)) for p in pools if k < len(p)]
     n_wrong = min(len(wrong), max(max_images // 2, max_images - len(fill)))
-    return sorted([int(i) for i in wrong[:n_wrong]] + fill[: max_images - n_wrong])
+    rest = sorted(fill[: max_images - n_wrong], key=lambda i: (items[i].label is None, -preds[i].probs.max()))
+    return [int(i) for i in wrong[:n_wrong]] + rest
 
 
 def _esc(x: Any) -> str:
@@ -627,7 +641,8 @@ def _gallery(out: Path, cards: list[tuple[_Item, Prediction, dict[str, str]]], r
     checks = {k: result[k] for k in ("faithfulness", "pointing_game", "shortcut_energy") if k in result}
     intro = (
         f"Methods: {', '.join(result['methods'])}; explained class: {result['target']}; "
-        f"{result['n_images']} images ({result['source']})."
+        f"{result['n_images']} images ({result['source']}); 'wrong' means the arg-max class is not the "
+        "true class (the thresholded decision is shown beside it)."
     )
     page = _PAGE.format(intro=_esc(intro), body=body, checks=_esc(json.dumps(checks, indent=1)))
     (out / "gallery.html").write_text(page, encoding="utf-8")
@@ -637,7 +652,10 @@ def _gallery(out: Path, cards: list[tuple[_Item, Prediction, dict[str, str]]], r
 def _write_overlays(
     out: Path, items: list[_Item], imgs: list[np.ndarray], expl: dict[str, list[Explanation]]
 ) -> list[dict[str, str]]:
-    """overlays/NNN_<stem>_<method>.png for every image and method; returns the relative paths."""
+    """overlays/NNN_<stem>_<method>.png for every image and method (older ones are removed first);
+    returns the relative paths."""
+    for old in (out / "overlays").glob("[0-9][0-9][0-9]_*.png"):
+        old.unlink()
     links: list[dict[str, str]] = []
     for k, (item, img) in enumerate(zip(items, imgs, strict=True)):
         links.append({})
@@ -709,6 +727,8 @@ def run_explain(
     predictor = Predictor.from_run(paths.root)
     out = Path(out_dir) if out_dir is not None else paths.eval_dir("test") / "explain"
     items = [_Item(Path(p), Path(p).name) for p in images] if images is not None else _test_items(paths, data)
+    if not items:
+        raise DataError("no images to explain")
     preds = predictor.predict_paths([it.path for it in items], progress=progress)
     sel = _select(items, preds, max_images, seed)
     items, preds = [items[i] for i in sel], [preds[i] for i in sel]

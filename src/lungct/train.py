@@ -111,6 +111,15 @@ def make_loss(cfg: TrainConfig, train_labels: Sequence[int]) -> nn.Module:
     return FocalLoss(weight, cfg.focal_gamma, cfg.label_smoothing)
 
 
+def freeze_early(model: nn.Module, fraction: float) -> int:
+    """Freeze the first ``fraction`` of parameter tensors (input side first); returns how many."""
+    params = list(model.parameters())
+    n = int(len(params) * fraction)
+    for p in params[:n]:
+        p.requires_grad_(False)
+    return n
+
+
 def train_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
 ) -> float:
@@ -202,7 +211,10 @@ def fit(
         num_workers=0,
     )
     loss_fn = make_loss(cfg, train[1])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.freeze_fraction > 0:
+        log.info("froze %d parameter tensors", freeze_early(model, cfg.freeze_fraction))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, int(cfg.warmup_epochs * len(loader))))
     state = FitState()

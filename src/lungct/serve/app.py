@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,6 +202,91 @@ def _study_warnings(slices: list[Slice], basis: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What the endpoints share: the workstation, limits and the static model card."""
+
+    ws: Workstation
+    model_ref: dict[str, str]
+    card: dict[str, Any]
+    per_file: int
+    limits: ZipLimits
+    max_slices: int
+
+
+def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) -> dict[str, Any]:
+    blobs = _read_study(files, ctx.per_file, ctx.limits, ctx.max_slices)
+    decoded = [decode_upload(b, f"file {k}") for k, b in enumerate(blobs, start=1)]
+    order, basis = dicomio.series_order([s.dicom for s in decoded])
+    slices = [decoded[i] for i in order]
+    outcomes = ctx.ws.predict_many(slices, explain_top)
+    z0 = slices[0].dicom.position if basis == "position" and slices[0].dicom is not None else None
+    results = []
+    for k, o in enumerate(outcomes, start=1):
+        pos = o.slice.dicom.position if o.slice.dicom is not None else None
+        rel = round(pos - z0, 3) if pos is not None and z0 is not None else None
+        results.append({"index": k, "label": f"slice {k}", **_slice_fields(o), "position_mm": rel})
+    top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
+    return {
+        "case": case_summary(outcomes, ctx.ws.predictor.threshold),
+        "order": basis,
+        "top": [r["index"] for r in top],
+        "slices": results,
+        "warnings": _study_warnings(slices, basis),
+        "model": ctx.model_ref,
+    }
+
+
+def _api_router(ctx: _Context, token: str | None) -> APIRouter:
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(_token_dependency(token))], responses=ERRORS)
+
+    @api.post("/predict", response_model=schemas.PredictResponse, summary="Classify one slice")
+    def predict(
+        request: Request,
+        file: Annotated[UploadFile, File(description="One image or DICOM file.")],
+        explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True,
+    ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        outcome = ctx.ws.predict(decode_upload(file.file.read()), explain=explain)
+        return {
+            "request_id": request.state.request_id,
+            "threshold": ctx.ws.predictor.threshold,
+            "model": ctx.model_ref,
+            "timing_ms": round(1000 * (time.perf_counter() - t0), 1),
+            **_slice_fields(outcome),
+        }
+
+    @api.post("/studies", response_model=schemas.StudyResponse, summary="Classify a study (several slices)")
+    def studies(
+        request: Request,
+        files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
+        explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
+    ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = _study_response(ctx, files, explain_top)
+        ms = round(1000 * (time.perf_counter() - t0), 1)
+        return {"request_id": request.state.request_id, "timing_ms": ms, **out}
+
+    @api.get("/model", response_model=schemas.ModelCard, summary="Model card and test metrics")
+    def model() -> dict[str, Any]:
+        return ctx.card
+
+    return api
+
+
+def _add_page(app: FastAPI, model_ref: dict[str, str]) -> None:
+    @app.get("/healthz", response_model=schemas.Health, summary="Liveness (no token needed)")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": model_ref}
+
+    static = resources.files("lungct.serve") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -215,101 +301,37 @@ def create_app(
     """The workstation app around an already loaded predictor.
 
     ``max_upload_mb``: request limit for /predict and per-file limit in studies; ``max_study_mb``:
-    request limit for /studies and total unpacked size of a zip; ``token``: bearer token required on
-    /api/* (None: open); ``cors_origins``: allowed cross-origin callers (None: no CORS headers);
-    ``run_dir``: run folder, for eval/test/metrics.json in the model card.
+    request limit for /studies and total unpacked size of a zip; ``max_slices``: slices per study;
+    ``token``: bearer token required on /api/* (None: open); ``cors_origins``: allowed
+    cross-origin callers (None: no CORS headers); ``run_dir``: run folder, for
+    eval/test/metrics.json in the model card.
     """
     if explain_method not in METHODS:
         raise LungctError(
             f"unknown explanation method {explain_method!r}; choose one of: {', '.join(METHODS)}"
         )
     per_file, per_study = int(max_upload_mb * 2**20), int(max_study_mb * 2**20)
-    limits = ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study)
-    ws = Workstation(predictor, explain_method)
-    card = _model_card(predictor, Path(run_dir) if run_dir is not None else None, explain_method)
     model_ref = {"name": predictor.model_name, "version": predictor.version}
-
+    ctx = _Context(
+        ws=Workstation(predictor, explain_method),
+        model_ref=model_ref,
+        card=_model_card(predictor, Path(run_dir) if run_dir is not None else None, explain_method),
+        per_file=per_file,
+        limits=ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study),
+        max_slices=max_slices,
+    )
     app = FastAPI(
         title="lungct workstation",
         version=__version__,
-        docs_url=None,
+        docs_url=None,  # Swagger/ReDoc pages load scripts from a CDN; the schema is at /openapi.json
         redoc_url=None,
         description="Lung CT slice classification with calibrated probabilities and Grad-CAM. "
         + schemas.DISCLAIMER,
     )
-    app.state.workstation = ws
+    app.state.workstation = ctx.ws
     _install_error_handlers(app)
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(_token_dependency(token))], responses=ERRORS)
-
-    @api.post("/predict", response_model=schemas.PredictResponse, summary="Classify one slice")
-    def predict(
-        request: Request,
-        file: Annotated[UploadFile, File(description="One image or DICOM file.")],
-        explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True,
-    ) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        outcome = ws.predict(decode_upload(file.file.read()), explain=explain)
-        return {
-            "request_id": request.state.request_id,
-            "threshold": predictor.threshold,
-            "model": model_ref,
-            "timing_ms": round(1000 * (time.perf_counter() - t0), 1),
-            **_slice_fields(outcome),
-        }
-
-    @api.post("/studies", response_model=schemas.StudyResponse, summary="Classify a study (several slices)")
-    def studies(
-        request: Request,
-        files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
-        explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
-    ) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        blobs = _read_study(files, per_file, limits, max_slices)
-        decoded = [decode_upload(b, f"file {k}") for k, b in enumerate(blobs, start=1)]
-        order, basis = dicomio.series_order([s.dicom for s in decoded])
-        slices = [decoded[i] for i in order]
-        outcomes = ws.predict_many(slices, explain_top)
-        z0 = slices[0].dicom.position if basis == "position" and slices[0].dicom is not None else None
-        results = []
-        for k, o in enumerate(outcomes, start=1):
-            pos = o.slice.dicom.position if o.slice.dicom is not None else None
-            results.append(
-                {
-                    "index": k,
-                    "label": f"slice {k}",
-                    **_slice_fields(o),
-                    "position_mm": round(pos - z0, 3) if pos is not None and z0 is not None else None,
-                }
-            )
-        top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
-        return {
-            "request_id": request.state.request_id,
-            "case": case_summary(outcomes, predictor.threshold),
-            "order": basis,
-            "top": [r["index"] for r in top],
-            "slices": results,
-            "warnings": _study_warnings(slices, basis),
-            "model": model_ref,
-            "timing_ms": round(1000 * (time.perf_counter() - t0), 1),
-        }
-
-    @api.get("/model", response_model=schemas.ModelCard, summary="Model card and test metrics")
-    def model() -> dict[str, Any]:
-        return card
-
-    app.include_router(api)
-
-    @app.get("/healthz", response_model=schemas.Health, summary="Liveness (no token needed)")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model": model_ref}
-
-    static = resources.files("lungct.serve") / "static"
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(str(static / "index.html"), media_type="text/html")
-
+    app.include_router(_api_router(ctx, token))
+    _add_page(app, model_ref)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -9,7 +9,8 @@ For ordinary images (JPEG/PNG/...), on a grey copy resized to 128 px (longer sid
 dark fat of a soft-tissue window still counts as body):
 
 1. ``colour_fraction`` - share of pixels with visible colour in the upload as sent (CT is grey).
-2. ``dynamic_range`` - 1st..99th percentile spread (blank / constant images have none).
+2. ``contrast`` - 1st..99th percentile spread relative to the 99th percentile (blank and constant
+   images have none; relative, so that 12-bit data stored in 16-bit PNG/TIFF still counts).
 3. ``border_contact`` - share of the image rim that is bright: an axial slice is surrounded by air,
    whereas a frontal chest X-ray, a photograph, noise or a document page runs off the image edges.
 4. ``body_fraction`` - the convex hull of the bright parts (specks ignored), as a share of the image.
@@ -47,7 +48,7 @@ WORK_SIDE = 128
 
 THRESHOLDS: dict[str, tuple[float, float]] = {
     "colour_fraction": (-1.0, 0.02),
-    "dynamic_range": (0.08, 2.0),
+    "contrast": (0.3, 2.0),
     "border_contact": (-1.0, 0.2),
     "body_fraction": (0.1, 0.8),
     "lung_fraction": (0.03, 0.9),
@@ -58,13 +59,16 @@ THRESHOLDS: dict[str, tuple[float, float]] = {
 
 REASONS: dict[str, str] = {
     "colour_fraction": "colour image (CT slices are greyscale)",
-    "dynamic_range": "blank or constant image",
+    "contrast": "blank or constant image",
     "body_fraction": "no body outline of plausible size",
     "border_contact": "body runs off the image edges (not an axial slice: X-ray, photo or document?)",
     "lung_fraction": "no dark lung fields inside the body",
     "tissue_thickness": "only thin bright strokes, no solid tissue (text or line drawing?)",
     "lung_contrast": "lung fields are not air-dark (a radiograph rather than a CT slice?)",
 }
+
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr"})
+"""PIL modes that can carry colour; every other mode is grey (or refused by the decoder)."""
 
 MIN_PART = 0.002
 """Bright parts smaller than this share of the image (specks, text marks) do not shape the body."""
@@ -102,7 +106,7 @@ def colour_fraction(data: bytes) -> float:
     ``data`` must already have passed :func:`lungct.imaging.decode_bytes` (size-checked).
     """
     with Image.open(io.BytesIO(data)) as im:
-        if im.mode in ("L", "I", "F", "1", "I;16", "I;16B", "I;16L", "LA"):
+        if im.mode not in COLOUR_MODES:
             return 0.0
         im.draft("RGB", (WORK_SIDE * 2, WORK_SIDE * 2))  # JPEG: decode at reduced scale
         rgb = np.asarray(im.convert("RGB").reduce(max(1, max(im.size) // (WORK_SIDE * 2))), np.int16)
@@ -147,8 +151,8 @@ def image_statistics(img: np.ndarray) -> dict[str, float]:
     """The intensity/shape statistics of one grey image float32 (H, W) in [0, 1] (see module doc)."""
     small = _resize(img)
     lo, hi = np.percentile(small, [1, 99])
-    stats = {"dynamic_range": float(hi - lo)}
-    if hi - lo < THRESHOLDS["dynamic_range"][0]:
+    stats = {"contrast": float((hi - lo) / hi) if hi > 1e-4 else 0.0}
+    if stats["contrast"] < THRESHOLDS["contrast"][0]:
         return stats
     x = ndimage.gaussian_filter(np.clip((small - lo) / (hi - lo), 0, 1), 1.0)
     bright = x > max(BODY_LEVEL * _otsu(x), 0.04)

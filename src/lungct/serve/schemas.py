@@ -9,12 +9,12 @@ from pydantic import BaseModel, Field
 DISCLAIMER = "Research use only — not a diagnosis."
 
 CASE_RULE = (
-    "Over the slices that passed the out-of-distribution guard: the case is 'malignant' when the "
-    "largest calibrated p(malignant) of any slice is at least the slice operating threshold (so a case "
-    "is at least as sensitive as its most suspicious slice); otherwise it is the likelier of 'benign' "
-    "and 'normal' by mean probability over those slices. The threshold was chosen for single slices, "
-    "not for cases: with many slices per case, case-level specificity is lower than slice-level. "
-    "No slice assessed: no decision."
+    "Over the slices that passed the out-of-distribution guard, the case probabilities are the mean "
+    "of the slices' calibrated probabilities (the same 'mean' aggregation as the case-level test "
+    "metrics in the model card). The case is 'malignant' when mean p(malignant) is at least the "
+    "operating threshold, otherwise the likelier of 'benign' and 'normal' by mean probability. The "
+    "maximum p(malignant) and the number of slices at or above the threshold are reported beside it, "
+    "so a single suspicious slice is never hidden by the mean. No slice assessed: no decision."
 )
 
 

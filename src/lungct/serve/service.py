@@ -8,6 +8,7 @@ hooks live on the shared network) run one request at a time under a lock.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import threading
 from collections.abc import Sequence
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image
 
 from lungct import CLASSES
 from lungct.errors import ImageReadError
-from lungct.explain import CMAP, explain_batch, heatmap_png, overlay, target_layer
+from lungct.explain import CMAP, explain_batch, target_layer
 from lungct.imaging import decode_bytes
 from lungct.predictor import Prediction, Predictor
 from lungct.serve import dicomio, ood
@@ -68,8 +70,14 @@ def decode_upload(data: bytes, label: str = "upload") -> Slice:
 def png_b64(arr: np.ndarray, mode: str | None = None) -> str:
     """uint8 array -> base64 PNG text (fast compression: these are transient display images)."""
     buf = io.BytesIO()
-    Image.fromarray(arr, mode=mode).save(buf, format="PNG", compress_level=3)
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG", compress_level=1)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@functools.cache
+def _colour_table() -> np.ndarray:
+    """uint8 (256, 3): the explanation colormap, entry k for heat in [k/256, (k+1)/256)."""
+    return np.round(colormaps[CMAP](np.arange(256) / 255.0)[:, :3] * 255).astype(np.uint8)
 
 
 def _display_size(img: np.ndarray) -> tuple[int, int] | None:
@@ -81,7 +89,12 @@ def _display_size(img: np.ndarray) -> tuple[int, int] | None:
 
 
 def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
-    """Base64 PNGs of the grey slice, the RGBA heatmap and the 40 % blend, all the same size."""
+    """Base64 PNGs of the grey slice, the RGBA heatmap and the blend, all the same size.
+
+    Same pictures as :func:`lungct.explain.heatmap_png` (colour-mapped heat, alpha = heat) and
+    :func:`lungct.explain.overlay` (``OVERLAY_ALPHA`` blend), computed with a uint8 colour table
+    because they are made on every request.
+    """
     size = _display_size(img)
     if size is not None:
         img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
@@ -89,10 +102,14 @@ def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
             Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
         )
     grey = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    h = np.clip(heat, 0, 1)
+    colour = _colour_table()[np.minimum((h * 256).astype(np.intp), 255)]
+    rgba = np.dstack([colour, np.round(h * 255).astype(np.uint8)])
+    blend = (1 - OVERLAY_ALPHA) * grey[..., None] + OVERLAY_ALPHA * colour.astype(np.float32)
     return {
         "image_png": png_b64(grey, "L"),
-        "heatmap_png": base64.b64encode(heatmap_png(heat)).decode("ascii"),
-        "overlay_png": png_b64(overlay(img, heat, OVERLAY_ALPHA), "RGB"),
+        "heatmap_png": png_b64(rgba, "RGBA"),
+        "overlay_png": png_b64(np.round(blend).astype(np.uint8), "RGB"),
     }
 
 
@@ -190,7 +207,10 @@ def decision_text(pred: Prediction | None, guard: ood.OODResult) -> str:
 
 
 def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str, Any]:
-    """Case-level decision over assessed slices (see ``schemas.CASE_RULE``). Slice numbers 1-based."""
+    """Case-level decision over assessed slices (mean aggregation, see ``schemas.CASE_RULE``).
+
+    Slice numbers in the result are 1-based positions in ``outcomes``.
+    """
     assessed = [(k, o.prediction) for k, o in enumerate(outcomes, start=1) if o.prediction is not None]
     base = {
         "threshold": threshold,
@@ -213,18 +233,20 @@ def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str
     mean_probs = np.mean([p.probs for _, p in assessed], axis=0)
     k_max = assessed[int(np.argmax(pm))][0]
     n_above = int(np.sum(pm >= threshold))
-    if pm.max() >= threshold:
+    mal = CLASSES.index("malignant")
+    if mean_probs[mal] >= threshold:
         decision = "malignant"
-        text = f"malignant: slice {k_max} has p(malignant) {pm.max():.2f} ≥ threshold {threshold:.2f}"
+        text = f"malignant: mean p(malignant) {mean_probs[mal]:.2f} ≥ threshold {threshold:.2f}"
     else:
-        mal = CLASSES.index("malignant")
         decision = CLASSES[max((i for i in range(len(CLASSES)) if i != mal), key=lambda i: mean_probs[i])]
-        text = f"{decision}: no slice reaches threshold {threshold:.2f} (max p(malignant) {pm.max():.2f})"
+        text = f"{decision}: mean p(malignant) {mean_probs[mal]:.2f} < threshold {threshold:.2f}"
+        if n_above:
+            text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.2f}): review them"
     return {
         **base,
         "decision": decision,
         "decision_text": text,
-        "mean_malignant_probability": round(float(pm.mean()), 6),
+        "mean_malignant_probability": round(float(mean_probs[mal]), 6),
         "max_malignant_probability": round(float(pm.max()), 6),
         "mean_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, mean_probs, strict=True)},
         "most_suspicious_slice": k_max,

@@ -147,10 +147,11 @@ function setDecision(decision, text, assessed) {
 
 function showSlice(slice, caption) {
   state.current = slice;
-  $("viewer-caption").textContent = caption;
   const ex = slice && slice.explanation;
-  $("viewer").hidden = !ex;
-  $("no-overlay").hidden = !!ex || !slice;
+  $("viewer").hidden = !slice || (!ex && !slice.assessed);
+  $("viewer").classList.toggle("no-ex", !ex);
+  $("viewer-caption").textContent = caption;
+  $("no-overlay").hidden = !!ex;
   if (!ex) return;
   $("base-image").src = "data:image/png;base64," + ex.image_png;
   $("overlay").src = "data:image/png;base64," + ex.heatmap_png;
