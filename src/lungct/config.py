@@ -34,9 +34,9 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     pretrained: str = "auto"
     image_size: int | None = None  # None: the model spec's input size
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     patience: int = 4
@@ -44,7 +44,7 @@ class TrainConfig:
     balance: str = "weights"
     focal_gamma: float = 0.0
     label_smoothing: float = 0.05
-    freeze_fraction: float = 0.0  # share of backbone parameter tensors (input side first) kept frozen
+    freeze_fraction: float = 0.5  # share of backbone parameter tensors (input side first) kept frozen
     augment: bool = True
     body_crop: bool = True
     intensity: str = "percentile"
