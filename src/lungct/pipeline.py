@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,10 @@ def train_and_evaluate(
     paths.root.mkdir(parents=True, exist_ok=True)
     net, spec, pinfo = build_network(cfg.model, cfg.pretrained)
     pre = preprocess_config(cfg, spec.input_size)
+    if pinfo.source == "random" and cfg.freeze_fraction > 0:
+        log.info("random initialisation: freeze_fraction %.2f ignored (nothing pretrained to keep)",
+                 cfg.freeze_fraction)
+        cfg = replace(cfg, freeze_fraction=0.0)
     warnings = _warnings(cfg, pinfo, synthetic)
     for w in warnings:
         log.warning(w)
