@@ -62,7 +62,7 @@ def run_main_job(cfg: TrainConfig, out: Path, *, allow_synthetic: bool = True, p
     paths = run_training(cfg, out, progress=progress, synthetic=synthetic)
     from lungct.explain import run_explain
 
-    run_explain(paths.root, None, progress=progress)
+    run_explain(paths.root, None, max_images=16, progress=progress)
     if synthetic:
         print(BANNER, flush=True)
     return paths.root
