@@ -79,7 +79,7 @@ class Predictor:
         threshold: float = 0.5,
         info: dict[str, Any] | None = None,
     ) -> None:
-        self.net = net.eval()
+        self.net = net.eval().to(memory_format=torch.channels_last)
         self.model_name = model_name
         self.pre = pre
         self.temperature = float(temperature)
@@ -125,7 +125,7 @@ class Predictor:
         return torch.softmax(logits / self.temperature, dim=1).numpy()
 
     def predict_images(
-        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, batch_size: int = 32
+        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, batch_size: int = 16
     ) -> list[Prediction]:
         """Predict decoded (H, W) [0, 1] images in batches."""
         sources = list(sources) if sources is not None else [""] * len(images)
@@ -140,7 +140,7 @@ class Predictor:
         return out
 
     def predict_paths(
-        self, paths: Sequence[str | Path], batch_size: int = 32, progress: bool = False
+        self, paths: Sequence[str | Path], batch_size: int = 16, progress: bool = False
     ) -> list[Prediction]:
         """Read and predict files; ImageReadError on the first unreadable one."""
         out: list[Prediction] = []
