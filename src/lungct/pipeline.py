@@ -145,8 +145,10 @@ def train_and_evaluate(
     net, spec, pinfo = build_network(cfg.model, cfg.pretrained)
     pre = preprocess_config(cfg, spec.input_size)
     if pinfo.source == "random" and cfg.freeze_fraction > 0:
-        log.info("random initialisation: freeze_fraction %.2f ignored (nothing pretrained to keep)",
-                 cfg.freeze_fraction)
+        log.info(
+            "random initialisation: freeze_fraction %.2f ignored (nothing pretrained to keep)",
+            cfg.freeze_fraction,
+        )
         cfg = replace(cfg, freeze_fraction=0.0)
     warnings = _warnings(cfg, pinfo, synthetic)
     for w in warnings:
