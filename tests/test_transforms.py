@@ -61,3 +61,18 @@ def test_augment_keeps_shape_and_range():
     ys = [aug(x) for _ in range(5)]
     assert all(y.shape == x.shape and y.min() >= 0 and y.max() <= 1 for y in ys)
     assert not torch.equal(ys[0], ys[1])
+
+
+def test_dicom_window_comes_from_the_preprocessing_config():
+    from pydicom.data import get_testdata_file
+
+    from lungct.imaging import Window
+    from lungct.train import load_images
+
+    path = get_testdata_file("CT_small.dcm")
+    lung = PreprocessConfig(size=32, body_crop=False, intensity="none")
+    soft = PreprocessConfig(size=32, body_crop=False, intensity="none", window_level=40, window_width=80)
+    assert soft.window == Window(40, 80)
+    a, b = load_images([path], lung, progress=False), load_images([path], soft, progress=False)
+    assert a.shape == b.shape == (1, 32, 32)
+    assert (b == 255).mean() > (a == 255).mean()  # the narrow window saturates more

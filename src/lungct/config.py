@@ -49,6 +49,8 @@ class TrainConfig:
     body_crop: bool = True
     intensity: str = "percentile"
     denoise: bool = False
+    dicom_window_level: float = -600.0  # HU; the release itself was read with WW 350-1200, WC 50-600
+    dicom_window_width: float = 1500.0
     split: str = "grouped"
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -241,7 +241,7 @@ def run_explain(
     preds = predictor.predict_paths([it.path for it in items], progress=progress)
     sel = _select(items, preds, max_images, seed)
     items, preds = [items[i] for i in sel], [preds[i] for i in sel]
-    imgs = [read_image(it.path)[0] for it in items]
+    imgs = [read_image(it.path, predictor.pre.window)[0] for it in items]
     x, geoms = prepare_all(predictor, imgs)
     bar = tqdm(methods, desc="explain", unit="method", disable=not progress)
     expl = {m: explain_prepared(predictor, x, geoms, m, [tgt] * len(imgs)) for m in bar}

@@ -241,6 +241,8 @@ def preprocess_config(cfg: TrainConfig, default_size: int) -> PreprocessConfig:
         body_crop=cfg.body_crop,
         intensity=cfg.intensity,
         denoise=cfg.denoise,
+        window_level=cfg.dicom_window_level,
+        window_width=cfg.dicom_window_width,
     )
 
 

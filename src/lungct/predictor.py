@@ -147,12 +147,14 @@ class Predictor:
         bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
         for i in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[i : i + batch_size]]
-            out += self.predict_images([read_image(p)[0] for p in chunk], [str(p) for p in chunk], batch_size)
+            out += self.predict_images(
+                [read_image(p, self.pre.window)[0] for p in chunk], [str(p) for p in chunk], batch_size
+            )
             bar.update(len(chunk))
         bar.close()
         return out
 
     def predict_bytes(self, data: bytes, name: str = "upload") -> tuple[Prediction, np.ndarray]:
         """Decode an uploaded file (type by content) and predict; returns (prediction, image)."""
-        img, _ = decode_bytes(data, name)
+        img, _ = decode_bytes(data, name, self.pre.window)
         return self.predict_images([img], [name])[0], img

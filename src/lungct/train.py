@@ -53,7 +53,7 @@ def load_images(
     """Decode and preprocess once: uint8 (N, S, S) (quantised [0, 1] images, 43 MB for 869 x 224 px)."""
 
     def one(p: Path) -> np.ndarray:
-        img, _ = read_image(p)
+        img, _ = read_image(p, pre.window)
         out, _ = preprocess(img, pre)
         return np.round(out * 255).astype(np.uint8)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from lungct.errors import ConfigError
+from lungct.imaging import Window
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class PreprocessConfig:
     body_crop: bool = True
     intensity: str = "percentile"  # "none" | "percentile" (0.5-99.5 % of body pixels -> 0..1)
     denoise: bool = False
+    window_level: float = -600.0  # DICOM only: HU window used to map CT values to [0, 1]
+    window_width: float = 1500.0
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 1024:
@@ -36,6 +39,11 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def window(self) -> Window:
+        """The DICOM HU window (lung window WL -600 / WW 1500 by default)."""
+        return Window(self.window_level, self.window_width)
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,9 @@ class _Context:
 
 def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) -> dict[str, Any]:
     blobs = _read_study(files, ctx.per_file, ctx.limits, ctx.max_slices)
-    decoded = [decode_upload(b, f"file {k}") for k, b in enumerate(blobs, start=1)]
+    decoded = [
+        decode_upload(b, f"file {k}", ctx.ws.predictor.pre.window) for k, b in enumerate(blobs, start=1)
+    ]
     order, basis = dicomio.series_order([s.dicom for s in decoded])
     slices = [decoded[i] for i in order]
     outcomes = ctx.ws.predict_many(slices, explain_top)
@@ -247,7 +249,9 @@ def _api_router(ctx: _Context, token: str | None) -> APIRouter:
         explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        outcome = ctx.ws.predict(decode_upload(file.file.read()), explain=explain)
+        outcome = ctx.ws.predict(
+            decode_upload(file.file.read(), window=ctx.ws.predictor.pre.window), explain=explain
+        )
         return {
             "request_id": request.state.request_id,
             "threshold": ctx.ws.predictor.threshold,

@@ -22,7 +22,7 @@ from PIL import Image
 from lungct import CLASSES
 from lungct.errors import ImageReadError
 from lungct.explain import CMAP, explain_batch, target_layer
-from lungct.imaging import decode_bytes
+from lungct.imaging import LUNG_WINDOW, Window, decode_bytes
 from lungct.predictor import Prediction, Predictor
 from lungct.serve import dicomio, ood
 from lungct.serve.uploads import UnsupportedType, sniff
@@ -52,13 +52,13 @@ class SliceOutcome:
     explanation: dict[str, str] | None = None
 
 
-def decode_upload(data: bytes, label: str = "upload") -> Slice:
+def decode_upload(data: bytes, label: str = "upload", window: Window = LUNG_WINDOW) -> Slice:
     """Bytes -> :class:`Slice` (type by content). Raises UnsupportedType / ImageReadError."""
     kind = sniff(data)
     if kind == "zip":
         raise UnsupportedType(f"{label}: a zip archive; send it as a study (POST /api/v1/studies)")
     if kind == "dicom":
-        ds = dicomio.read_slice(data, label)
+        ds = dicomio.read_slice(data, label, window)
         guard = ood.check_dicom(ds.hu, ds.modality, ds.axial, ds.localizer, ds.colour)
         return Slice(ds.image, "DICOM", guard, ds)
     img, info = decode_bytes(data, label)

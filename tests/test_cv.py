@@ -1,0 +1,47 @@
+"""Grouped cross-validation: folds never share a scan group; summary has mean and sd."""
+
+from __future__ import annotations
+
+import json
+
+from lungct.config import make_config
+from lungct.cv import run_cv, summarise
+
+
+def test_cv_on_phantoms(phantom_root, tmp_path):
+    cfg = make_config(
+        {
+            "data": str(phantom_root),
+            "model": "small_cnn",
+            "pretrained": "none",
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 8,
+            "n_boot": 10,
+            "threads": 2,
+        }
+    )
+    res = run_cv(cfg, tmp_path / "cv", folds=2, progress=False)
+    assert res["folds"] == 2 and len(res["per_fold"]) == 2
+    assert res["summary"]["accuracy"]["n_folds"] == 2 and res["summary"]["accuracy"]["sd"] is not None
+    for k in (1, 2):
+        split = tmp_path / "cv" / f"fold_{k}" / "split.csv"
+        run = json.loads((tmp_path / "cv" / f"fold_{k}" / "run.json").read_text())
+        assert run["split"]["test"]["images"] > 0
+        assert not split.exists() or split.stat().st_size > 0
+    test_groups = []
+    for k in (1, 2):
+        m = json.loads((tmp_path / "cv" / f"fold_{k}" / "eval" / "test" / "metrics.json").read_text())
+        assert m["n"] > 0
+        preds = (
+            (tmp_path / "cv" / f"fold_{k}" / "eval" / "test" / "predictions.csv").read_text().splitlines()[1:]
+        )
+        test_groups.append({line.split(",")[2] for line in preds})
+    assert not (test_groups[0] & test_groups[1]), "a scan group was tested in two folds"
+    assert (tmp_path / "cv" / "cv.md").read_text().startswith("# Grouped 2-fold")
+
+
+def test_summarise_mean_and_sd():
+    s = summarise([{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": None}])
+    assert abs(s["accuracy"]["mean"] - 0.6) < 1e-9 and s["accuracy"]["n_folds"] == 2
+    assert abs(s["accuracy"]["sd"] - 0.1414213) < 1e-6
