@@ -304,3 +304,13 @@ def test_report_of_a_trained_run(tiny_run):
     assert text.count(PNG_PREFIX) >= 5  # evaluation plots and the training history
     assert _external_refs(text) == []
     assert "not a diagnosis" in text
+
+
+def test_shortcut_warning_only_when_heatmaps_leave_the_body():
+    from lungct.report_sections import shortcut_warnings
+
+    high = {"shortcut_energy": {"gradcam": {"per_class": {"normal": 0.1, "malignant": 0.4}}}}
+    low = {"shortcut_energy": {"gradcam": {"per_class": {"normal": 0.1, "malignant": 0.2}}}}
+    warned = shortcut_warnings(high)
+    assert len(warned) == 1 and "malignant" in warned[0] and "40%" in warned[0]
+    assert shortcut_warnings(low) == [] and shortcut_warnings({}) == []

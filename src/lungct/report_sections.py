@@ -347,7 +347,10 @@ def explain_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
     exp_dir = paths.eval_dir("test") / "explain"
     if not data and not exp_dir.is_dir():
         return na("not available — run `lungct explain --run RUN --data DIR` to add it")
-    parts = [kv_table(_leaf_rows(data, limit=80)) if isinstance(data, dict) else na("no explanation metrics")]
+    parts = shortcut_warnings(data) if isinstance(data, dict) else []
+    parts.append(
+        kv_table(_leaf_rows(data, limit=80)) if isinstance(data, dict) else na("no explanation metrics")
+    )
     thumbs = sorted(p for p in exp_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if thumbs:
         parts.append(
@@ -364,6 +367,25 @@ def explain_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
         "they are a plausibility check, not a localisation.</p>"
     )
     return "\n".join(parts)
+
+
+SHORTCUT_LIMIT = 0.25
+"""Share of heat-map energy outside the body above which the report warns of a shortcut."""
+
+
+def shortcut_warnings(data: dict[str, Any]) -> list[str]:
+    """Warning banners for classes whose heat maps put > SHORTCUT_LIMIT of their energy off the body."""
+    out = []
+    for method, res in (data.get("shortcut_energy") or {}).items():
+        for cls, share in ((res or {}).get("per_class") or {}).items():
+            if finite(share) is not None and share > SHORTCUT_LIMIT:
+                out.append(
+                    f'<div class="banner warning">Shortcut warning ({esc(method)}): {share:.0%} of the '
+                    f"heat-map energy for {esc(cls)} slices lies outside the body "
+                    "(borders, padding, couch, text). "
+                    "The model may be using image layout rather than anatomy for this class.</div>"
+                )
+    return out
 
 
 def model_card(run: dict[str, Any], audit: dict[str, Any] | None) -> str:
