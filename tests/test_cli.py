@@ -177,3 +177,14 @@ def test_seed_scripts_run_end_to_end(phantom_root, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["predictions"][0]["decision"] in ("normal", "benign", "malignant")
+
+
+def test_resume_from_the_cli_reuses_the_saved_config(phantom_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here: the data folder must come from the saved config
+    monkeypatch.delenv("LUNGCT_DATA", raising=False)
+    run = tmp_path / "r"
+    base = ["--model", "small_cnn", "--pretrained", "none", "--image-size", "32", "--n-boot", "10", "--quiet"]
+    assert main(["train", "--out", str(run), "--data", str(phantom_root), "--epochs", "1", *base]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]

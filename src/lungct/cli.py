@@ -190,6 +190,9 @@ def cmd_audit(args) -> int:
 def cmd_train(args) -> int:
     from lungct.pipeline import run_training
 
+    saved = Path(args.out) / "config.yaml"
+    if args.resume and not args.config and saved.is_file():
+        args.config = str(saved)  # resume with the run's own settings; options given now still win
     cfg = _config_from_args(args)
     paths = run_training(cfg, args.out, resume=args.resume, progress=not args.quiet)
     _print_summary(paths.root)
