@@ -79,3 +79,25 @@ def test_corrupt_or_unsafe_checkpoint_is_a_model_error(tmp_path):
         load_checkpoint(tmp_path / "pickle.pt")
     with pytest.raises(ModelError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_focal_loss_down_weights_easy_examples():
+    from lungct.train import FocalLoss
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
+    y = torch.tensor([0, 0])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    focal = FocalLoss(None, gamma=2.0)
+    easy, hard = (focal(logits[i : i + 1], y[i : i + 1]) for i in range(2))
+    assert easy / ce[0] < hard / ce[1] < 1.0  # the confident example loses more of its weight
+    assert torch.isclose(FocalLoss(None, gamma=0.0)(logits, y), ce.mean())
+
+
+def test_sampler_balancing_trains(tmp_path):
+    set_determinism(0)
+    x, y = _toy()
+    cfg = make_config({"epochs": 1, "batch_size": 16, "balance": "sampler", "augment": False})
+    net, _, _ = build_network("small_cnn", "none")
+    paths = (tmp_path / "best.pt", tmp_path / "last.pt", tmp_path / "history.csv")
+    state = fit(net, cfg, (x, y), (x, y), *paths, progress=False)
+    assert state.epoch == 1 and np.isfinite(state.history[0]["train_loss"])
