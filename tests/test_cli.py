@@ -188,3 +188,42 @@ def test_resume_from_the_cli_reuses_the_saved_config(phantom_root, tmp_path, mon
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
     history = (run / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+
+
+def test_main_job_without_data_runs_on_labelled_phantoms(tmp_path, monkeypatch, capsys):
+    import kagglehub
+
+    def offline(handle):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LUNGCT_DATA", raising=False)
+    out = tmp_path / "main"
+    args = [
+        "run",
+        "--out",
+        str(out),
+        "--model",
+        "small_cnn",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--n-boot",
+        "10",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "SYNTHETIC PHANTOMS" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["synthetic"] is True and any("SYNTHETIC" in w for w in run["warnings"])
+    assert "SYNTHETIC PHANTOM DATA" in (out / "report.html").read_text()
+    assert (out / "eval" / "test" / "explain" / "gallery.html").is_file()
+
+
+def test_main_job_with_a_mistyped_data_folder_fails(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "m"), "--data", str(tmp_path / "typo")]) == 2
+    assert "data folder not found" in capsys.readouterr().err

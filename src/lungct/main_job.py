@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lungct.config import TrainConfig
-from lungct.data import data_available, download
+from lungct.data import data_available, download, find_class_dirs, resolve_data_dir
 from lungct.errors import DataError
 from lungct.pipeline import run_training
 
@@ -30,7 +30,13 @@ BANNER = "\n".join(
 
 
 def find_real_data(cfg: TrainConfig) -> Path | None:
-    """The configured data folder, else a fresh download; None when neither works."""
+    """The configured data folder, else a fresh download; None when neither works.
+
+    An explicit ``--data`` that does not exist is an error (a typo should not silently become a
+    synthetic run).
+    """
+    if cfg.data:
+        find_class_dirs(resolve_data_dir(cfg.data))
     root = data_available(cfg.data)
     if root is not None:
         return root
