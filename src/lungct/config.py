@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     patience: int = 4
     monitor: str = "val_loss"
-    balance: str = "weights"
+    balance: str = "none"
     focal_gamma: float = 0.0
     label_smoothing: float = 0.05
     freeze_fraction: float = 0.5  # share of backbone parameter tensors (input side first) kept frozen
