@@ -13,6 +13,20 @@ import pytest
 from lungct.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--model",
+    "small_cnn",
+    "--pretrained",
+    "none",
+    "--image-size",
+    "32",
+    "--epochs",
+    "1",
+    "--n-boot",
+    "10",
+    "--quiet",
+]
+"""CLI options for a one-epoch run of the small CNN on 32 px images."""
 
 
 def _one_phantom(phantom_root: Path) -> Path:
@@ -129,17 +143,7 @@ def test_seed_scripts_run_end_to_end(phantom_root, tmp_path):
             str(phantom_root),
             "--out",
             str(run),
-            "--model",
-            "small_cnn",
-            "--pretrained",
-            "none",
-            "--image-size",
-            "32",
-            "--epochs",
-            "1",
-            "--n-boot",
-            "10",
-            "--quiet",
+            *TINY,
         ],
         **common,
     )
@@ -204,17 +208,7 @@ def test_main_job_without_data_runs_on_labelled_phantoms(tmp_path, monkeypatch, 
         "run",
         "--out",
         str(out),
-        "--model",
-        "small_cnn",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--n-boot",
-        "10",
-        "--quiet",
+        *TINY,
     ]
     assert main(args) == 0
     assert "SYNTHETIC PHANTOMS" in capsys.readouterr().out
