@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from lungct import CLASSES
-from lungct.metrics import aggregate_cases, classification_metrics
+from lungct.metrics import aggregate_cases, classification_metrics, softmax
 from lungct.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lungct.predictor import Predictor
+from lungct.predictor import Predictor, decide
 from lungct.runs import write_json
 
 
@@ -54,8 +54,7 @@ def evaluate_predictions(
     case = classification_metrics(cy, cp, None, malignant_threshold=threshold, n_boot=n_boot, seed=seed)
     case["aggregation"] = case_how
     m["case_level"] = case
-    before = np.exp(logits - logits.max(1, keepdims=True))
-    before /= before.sum(1, keepdims=True)
+    before = softmax(logits)
     plots = {
         "confusion": plot_confusion(
             np.asarray(m["confusion_matrix"]),
@@ -83,10 +82,9 @@ def write_predictions(
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "true", "group_id", *[f"p_{c}" for c in CLASSES], "predicted", "decision"])
-        mal = CLASSES.index("malignant")
         for s, t, g, p in zip(sources, y, groups, probs, strict=True):
             pred = CLASSES[int(np.argmax(p))]
-            dec = "malignant" if p[mal] >= threshold else CLASSES[int(np.argmax(np.delete(p, mal)))]
+            dec = decide(p, threshold)
             w.writerow([s, CLASSES[int(t)], g, *[f"{v:.6f}" for v in p], pred, dec])
 
 

@@ -24,6 +24,14 @@ from lungct.transforms import Geometry, PreprocessConfig, preprocess
 MALIGNANT = CLASSES.index("malignant")
 
 
+def decide(probs: np.ndarray, threshold: float) -> str:
+    """'malignant' when p(malignant) >= threshold, else the likelier other class; probs float (3,)."""
+    if probs[MALIGNANT] >= threshold:
+        return "malignant"
+    others = [i for i in range(len(CLASSES)) if i != MALIGNANT]
+    return CLASSES[max(others, key=lambda i: probs[i])]
+
+
 @dataclass
 class Prediction:
     """Result for one slice. ``probs`` are calibrated, float (3,) in CLASSES order."""
@@ -50,10 +58,7 @@ class Prediction:
     @property
     def decision(self) -> str:
         """'malignant' when p(malignant) >= the operating threshold, else the likelier of the others."""
-        if self.malignant_probability >= self.threshold:
-            return "malignant"
-        others = [i for i in range(len(CLASSES)) if i != MALIGNANT]
-        return CLASSES[max(others, key=lambda i: self.probs[i])]
+        return decide(self.probs, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from lungct import CLASSES
 from lungct.errors import ImageReadError
 from lungct.explain import CMAP, explain_batch, target_layer
 from lungct.imaging import LUNG_WINDOW, Window, decode_bytes
-from lungct.predictor import Prediction, Predictor
+from lungct.predictor import Prediction, Predictor, decide
 from lungct.serve import dicomio, ood
 from lungct.serve.uploads import UnsupportedType, sniff
 
@@ -234,11 +234,10 @@ def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str
     k_max = assessed[int(np.argmax(pm))][0]
     n_above = int(np.sum(pm >= threshold))
     mal = CLASSES.index("malignant")
-    if mean_probs[mal] >= threshold:
-        decision = "malignant"
+    decision = decide(mean_probs, threshold)
+    if decision == "malignant":
         text = f"malignant: mean p(malignant) {mean_probs[mal]:.2f} ≥ threshold {threshold:.2f}"
     else:
-        decision = CLASSES[max((i for i in range(len(CLASSES)) if i != mal), key=lambda i: mean_probs[i])]
         text = f"{decision}: mean p(malignant) {mean_probs[mal]:.2f} < threshold {threshold:.2f}"
         if n_above:
             text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.2f}): review them"
