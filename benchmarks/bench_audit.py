@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, cpus)
         print(f"pinned to CPUs {cpus}")
     t_import = time.perf_counter()
-    from lungct.audit import run_audit
+    from lungct.data.audit import run_audit
 
     print(f"import: {time.perf_counter() - t_import:.2f} s")
     for k in range(args.repeat):

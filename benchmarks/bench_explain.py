@@ -21,9 +21,9 @@ import torch
 
 
 def _predictor(args: argparse.Namespace):
-    from lungct.network import build_network
-    from lungct.predictor import Predictor
-    from lungct.transforms import PreprocessConfig
+    from lungct.data.transforms import PreprocessConfig
+    from lungct.model.network import build_network
+    from lungct.model.predictor import Predictor
 
     if args.run:
         return Predictor.from_run(args.run), "run weights"
@@ -33,10 +33,10 @@ def _predictor(args: argparse.Namespace):
 
 def _image(path: Path | None) -> np.ndarray:
     if path is not None:
-        from lungct.imaging import read_image
+        from lungct.data.imaging import read_image
 
         return read_image(path)[0]
-    from lungct.phantoms import make_phantom
+    from lungct.data.phantoms import make_phantom
 
     img, _ = make_phantom("malignant", 512, 0)
     return img.astype(np.float32) / 255.0
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pointing-game", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from lungct.explain import explain_image, run_pointing_game_benchmark
+    from lungct.explain.cam import explain_image
+    from lungct.explain.checks import run_pointing_game_benchmark
 
     predictor, weights = _predictor(args)
     img = _image(args.image)

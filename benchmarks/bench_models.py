@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lungct.models import create_model, list_models
+from lungct.model.registry import create_model, list_models
 
 
 def _seconds(step: Callable[[], None], warmup: int, iters: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.phantoms import make_phantom
+from lungct.data.phantoms import make_phantom
 from lungct.serve import ood, oodsets
 from lungct.serve.service import decode_upload
 

@@ -44,15 +44,15 @@ def run_server(args: argparse.Namespace) -> None:
     import uvicorn
 
     torch.set_num_threads(args.threads)
-    from lungct.predictor import Predictor
+    from lungct.model.predictor import Predictor
     from lungct.serve import create_app
 
     if args.run:
         predictor = Predictor.from_run(args.run)
     else:
-        from lungct.models import get_spec
-        from lungct.network import build_network
-        from lungct.transforms import PreprocessConfig
+        from lungct.data.transforms import PreprocessConfig
+        from lungct.model.network import build_network
+        from lungct.model.registry import get_spec
 
         net, _, _ = build_network(args.model, pretrained="none")
         predictor = Predictor(net, args.model, PreprocessConfig(size=get_spec(args.model).input_size))
@@ -64,7 +64,7 @@ def sample_slice(data_dir: Path) -> tuple[bytes, str]:
     files = sorted(data_dir.rglob("*.jpg")) if data_dir.is_dir() else []
     if files:
         return files[len(files) // 2].read_bytes(), "a real IQ-OTH/NCCD JPEG slice"
-    from lungct.phantoms import make_phantom
+    from lungct.data.phantoms import make_phantom
     from lungct.serve.oodsets import encode
 
     return encode(make_phantom("malignant", 512, 0)[0], "JPEG"), "a 512 px phantom JPEG (real data absent)"

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from lungct.config import make_config
-from lungct.pipeline import run_training
-from lungct.predictor import Predictor
+from lungct.model.predictor import Predictor
+from lungct.pipeline.training import run_training
 from lungct.runs import read_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"

@@ -24,7 +24,7 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small synthetic dataset in the Kaggle layout: 7 patients x 3 slices per class, 64 px."""
-    from lungct.phantoms import write_phantom_dataset
+    from lungct.data.phantoms import write_phantom_dataset
 
     return write_phantom_dataset(
         tmp_path_factory.mktemp("phantoms") / "data",
@@ -40,7 +40,7 @@ def phantom_root(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, phantom_root) -> Path:
     """A finished run folder: small_cnn, 32 px, 3 epochs on phantoms (a few seconds on 2 cores)."""
     from lungct.config import make_config
-    from lungct.pipeline import run_training
+    from lungct.pipeline.training import run_training
 
     cfg = make_config(
         {

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct import CLASSES, audit
-from lungct.audit import CSV_HEADER, ManifestRow, choose_rule, read_manifest, run_audit, write_manifest
-from lungct.data import list_dataset
+from lungct import CLASSES
+from lungct.data import audit as audit
+from lungct.data.audit import choose_rule, run_audit
+from lungct.data.discovery import list_dataset
+from lungct.data.manifest import CSV_HEADER, ManifestRow, read_manifest, write_manifest
+from lungct.data.phantoms import make_phantom, write_phantom_dataset
+from lungct.data.splits import grouped_split, leakage_report
 from lungct.errors import DataError
-from lungct.phantoms import make_phantom, write_phantom_dataset
-from lungct.splits import grouped_split, leakage_report
 
 N_PATIENTS, SLICES = 3, 3
 NORMAL, BENIGN, MALIGNANT = "Normal cases", "Bengin cases", "Malignant cases"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct.phantoms import make_phantom
+from lungct.data.phantoms import make_phantom
 
 pytestmark = pytest.mark.browser
 
@@ -34,7 +34,7 @@ def server_url(tiny_run):
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     import uvicorn
 
-    from lungct.predictor import Predictor
+    from lungct.model.predictor import Predictor
     from lungct.serve import create_app
 
     app = create_app(Predictor.from_run(tiny_run), run_dir=tiny_run)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from lungct.config import make_config
-from lungct.cv import run_cv, summarise
+from lungct.evaluation.cv import summarise
+from lungct.pipeline.crossval import run_cv
 
 
 def test_cv_on_phantoms(phantom_root, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct.data import (
+from lungct.data.discovery import (
     data_available,
     download,
     find_class_dirs,

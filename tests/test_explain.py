@@ -12,27 +12,29 @@ import torch
 from PIL import Image
 
 from lungct import CLASSES
+from lungct.data.phantoms import make_phantom
+from lungct.data.transforms import PreprocessConfig
 from lungct.errors import LungctError, ModelError
-from lungct.explain import (
+from lungct.explain.cam import (
     METHODS,
-    body_mask,
     explain_batch,
     explain_image,
-    faithfulness,
     heatmap_png,
     overlay,
     overlay_png,
+    target_layer,
+)
+from lungct.explain.checks import (
+    body_mask,
+    faithfulness,
     phantom_set,
     pointing_game,
-    run_explain,
     shortcut_energy,
-    target_layer,
     train_phantom_model,
 )
-from lungct.network import build_network
-from lungct.phantoms import make_phantom
-from lungct.predictor import Predictor
-from lungct.transforms import PreprocessConfig
+from lungct.explain.gallery import run_explain
+from lungct.model.network import build_network
+from lungct.model.predictor import Predictor
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +57,7 @@ def wide_image() -> np.ndarray:
 @pytest.fixture(scope="module")
 def phantom_model() -> Predictor:
     """small_cnn trained on seeded 96 px phantoms (a few seconds on 2 cores)."""
-    return train_phantom_model(size=96, n_train=30, n_val=8, epochs=8, seed=0)
+    return train_phantom_model(size=96, n_train=45, n_val=8, epochs=10, seed=0)
 
 
 def _all_hooks(net: torch.nn.Module) -> int:

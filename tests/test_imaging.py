@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lungct.data.imaging import LUNG_WINDOW, Window, decode_bytes, read_image
 from lungct.errors import ImageReadError
-from lungct.imaging import LUNG_WINDOW, Window, decode_bytes, dicom_windows, read_image
 
 
 def _png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -63,9 +63,9 @@ def test_dicom_hu_windowing_matches_rescale_and_window():
     np.testing.assert_allclose(img, expected, atol=1e-6)
     # A narrow soft-tissue window saturates more pixels than the wide lung window.
     data = Path(path).read_bytes()
-    chans = dicom_windows(data, [LUNG_WINDOW, Window(40, 80)])
-    assert chans.shape == (2, *hu.shape)
-    assert (chans[1] == 1).mean() > (chans[0] == 1).mean()
+    narrow, _ = decode_bytes(data, "ct", Window(40, 80))
+    assert narrow.shape == hu.shape
+    assert (narrow == 1).mean() > (img == 1).mean()
 
 
 def test_window_rejects_non_positive_width():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lungct import metrics
 from lungct.errors import LungctError
+from lungct.evaluation import metrics as metrics
 
 # Six images: true labels and argmax predictions (rows of the confusion matrix below).
 Y6 = np.array([0, 0, 1, 1, 2, 2])

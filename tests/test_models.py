@@ -15,7 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from lungct.errors import ModelError
-from lungct.models import (
+from lungct.model.registry import (
     REGISTRY,
     PretrainedInfo,
     SmallCNN,

@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage
 
 from lungct import CLASSES
-from lungct.data import list_dataset
+from lungct.data.discovery import list_dataset
+from lungct.data.imaging import read_image
+from lungct.data.phantoms import KAGGLE_FOLDERS, MASK_FOLDER, make_phantom, make_series, write_phantom_dataset
 from lungct.errors import DataError
-from lungct.imaging import read_image
-from lungct.phantoms import KAGGLE_FOLDERS, MASK_FOLDER, make_phantom, make_series, write_phantom_dataset
 
 
 def _tree_digest(root) -> dict[str, str]:

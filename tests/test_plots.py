@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungct import metrics, plots
+from lungct.evaluation import metrics as metrics
+from lungct.evaluation import plots as plots
 
 
 @pytest.fixture

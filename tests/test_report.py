@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from lungct.errors import ModelError
-from lungct.report import fmt, fmt_ci, render_report, write_report
+from lungct.report import render_report, write_report
+from lungct.report.html import fmt, fmt_ci
 
 PNG_PREFIX = "data:image/png;base64,"
 
@@ -307,7 +308,7 @@ def test_report_of_a_trained_run(tiny_run):
 
 
 def test_shortcut_warning_only_when_heatmaps_leave_the_body():
-    from lungct.report_sections import shortcut_warnings
+    from lungct.report.sections import shortcut_warnings
 
     high = {"shortcut_energy": {"gradcam": {"per_class": {"normal": 0.1, "malignant": 0.4}}}}
     low = {"shortcut_energy": {"gradcam": {"per_class": {"normal": 0.1, "malignant": 0.2}}}}

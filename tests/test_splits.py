@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lungct import CLASSES
-from lungct.audit import ManifestRow, run_audit
-from lungct.errors import ConfigError, DataError
-from lungct.splits import (
+from lungct.data.audit import run_audit
+from lungct.data.manifest import ManifestRow
+from lungct.data.splits import (
     SPLIT_NAMES,
     grouped_kfold,
     grouped_split,
@@ -20,6 +20,7 @@ from lungct.splits import (
     split_units,
     write_split,
 )
+from lungct.errors import ConfigError, DataError
 
 
 def _rows(seed: int = 0) -> list[ManifestRow]:

@@ -8,9 +8,9 @@ import torch
 
 from lungct.config import make_config
 from lungct.errors import ModelError
-from lungct.network import build_network
+from lungct.model.network import build_network
+from lungct.model.train import class_weights, fit, predict_logits, set_determinism, train_step
 from lungct.runs import load_checkpoint, save_checkpoint
-from lungct.train import class_weights, fit, predict_logits, set_determinism, train_step
 
 
 def _toy(n=48, size=32, seed=0):
@@ -82,7 +82,7 @@ def test_corrupt_or_unsafe_checkpoint_is_a_model_error(tmp_path):
 
 
 def test_focal_loss_down_weights_easy_examples():
-    from lungct.train import FocalLoss
+    from lungct.model.train import FocalLoss
 
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.0, 0.0]])
     y = torch.tensor([0, 0])

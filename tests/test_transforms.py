@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lungct.transforms import Augment, PreprocessConfig, body_bbox, preprocess, to_original
+from lungct.data.transforms import Augment, PreprocessConfig, body_bbox, preprocess, to_original
 
 
 def _wide_image(h=64, w=128) -> np.ndarray:
@@ -66,8 +66,8 @@ def test_augment_keeps_shape_and_range():
 def test_dicom_window_comes_from_the_preprocessing_config():
     from pydicom.data import get_testdata_file
 
-    from lungct.imaging import Window
-    from lungct.train import load_images
+    from lungct.data.imaging import Window
+    from lungct.model.train import load_images
 
     path = get_testdata_file("CT_small.dcm")
     lung = PreprocessConfig(size=32, body_crop=False, intensity="none")

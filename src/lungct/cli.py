@@ -57,7 +57,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace):
     from lungct.config import load_config, make_config
-    from lungct.data import parse_class_map
+    from lungct.data.discovery import parse_class_map
 
     overrides: dict[str, Any] = {
         k: getattr(args, k)
@@ -164,21 +164,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_download(args) -> int:
-    from lungct.data import download
+    from lungct.data.discovery import download
 
     print(download(Path(args.out) if args.out else None))
     return 0
 
 
 def cmd_audit(args) -> int:
-    from lungct.audit import run_audit
-    from lungct.data import parse_class_map, resolve_data_dir
+    from lungct.data.audit import run_audit
+    from lungct.data.discovery import parse_class_map, resolve_data_dir
 
     root = resolve_data_dir(args.data)
     cmap = parse_class_map(args.class_map) if args.class_map else None
     res = run_audit(root, class_map=cmap, out_dir=Path(args.out), progress=not args.quiet)
     if args.split:
-        from lungct.splits import grouped_split, leakage_report, random_split, write_split
+        from lungct.data.splits import grouped_split, leakage_report, random_split, write_split
 
         assignment = (grouped_split if args.split == "grouped" else random_split)(res.rows, seed=args.seed)
         write_split(Path(args.out) / f"split_{args.split}.csv", res.rows, assignment)
@@ -188,7 +188,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lungct.pipeline import run_training
+    from lungct.pipeline.training import run_training
 
     saved = Path(args.out) / "config.yaml"
     if args.resume and not args.config and saved.is_file():
@@ -200,7 +200,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from lungct.cv import cv_markdown, run_cv
+    from lungct.evaluation.cv import cv_markdown
+    from lungct.pipeline.crossval import run_cv
 
     cfg = _config_from_args(args)
     print(cv_markdown(run_cv(cfg, args.out, folds=args.folds, progress=not args.quiet)))
@@ -208,10 +209,10 @@ def cmd_cv(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from lungct.data import parse_class_map, resolve_data_dir
-    from lungct.evaluate import evaluate_folder
-    from lungct.pipeline import write_run_report
-    from lungct.predictor import Predictor
+    from lungct.data.discovery import parse_class_map, resolve_data_dir
+    from lungct.evaluation.evaluate import evaluate_folder
+    from lungct.model.predictor import Predictor
+    from lungct.pipeline.training import write_run_report
     from lungct.runs import find_run
 
     paths = find_run(args.run)
@@ -228,8 +229,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _expand(items: list[str]) -> list[Path]:
+    from lungct.data.imaging import IMAGE_SUFFIXES
     from lungct.errors import ImageReadError
-    from lungct.imaging import IMAGE_SUFFIXES
 
     out: list[Path] = []
     for s in items:
@@ -246,7 +247,7 @@ def _expand(items: list[str]) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from lungct.predictor import Predictor
+    from lungct.model.predictor import Predictor
 
     predictor = Predictor.from_run(args.run)
     preds = predictor.predict_paths(_expand(args.image))
@@ -272,9 +273,9 @@ def cmd_predict(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from lungct.explain import run_explain
+    from lungct.pipeline.main_job import explain_and_report
 
-    res = run_explain(
+    res = explain_and_report(
         args.run,
         Path(args.out) if args.out else None,
         images=_expand(args.image) if args.image else None,
@@ -296,7 +297,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from lungct.models import REGISTRY
+    from lungct.model.registry import REGISTRY
 
     for name, spec in REGISTRY.items():
         weights = spec.imagenet_source or "none"
@@ -305,7 +306,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from lungct.main_job import run_main_job
+    from lungct.pipeline.main_job import run_main_job
 
     cfg = _config_from_args(args)
     root = run_main_job(cfg, Path(args.out), allow_synthetic=not args.no_synthetic, progress=not args.quiet)

@@ -26,8 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lungct import CLASSES, __version__
 from lungct.errors import LungctError, ModelError
-from lungct.explain import METHODS
-from lungct.predictor import Predictor
+from lungct.explain.cam import METHODS
+from lungct.model.predictor import Predictor
 from lungct.serve import dicomio, schemas
 from lungct.serve.middleware import RequestGuard
 from lungct.serve.service import Slice, SliceOutcome, Workstation, case_summary, decision_text, decode_upload

@@ -7,15 +7,14 @@ slice normal, instance number, image type flags). Nothing here logs or stores a 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lungct.data.imaging import LUNG_WINDOW, Window, dicom_to_hu
 from lungct.errors import ImageReadError
-from lungct.imaging import LUNG_WINDOW, Window, dicom_to_hu
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -159,13 +158,3 @@ def deidentify(ds: Dataset) -> Dataset:
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "lungct.serve.dicomio.deidentify"
     return ds
-
-
-def deidentified_bytes(data: bytes) -> bytes:
-    """Re-encode DICOM bytes with :func:`deidentify` applied (for anything that must be written)."""
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(data))
-    buf = io.BytesIO()
-    deidentify(ds).save_as(buf)
-    return buf.getvalue()

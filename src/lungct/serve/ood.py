@@ -4,9 +4,9 @@ The model was trained on axial chest CT slices only; anything else (photographs,
 blank or constant images, noise, documents, other body parts) gets no diagnosis. The guard is a few
 image statistics with fixed thresholds, checked in order; the first failing check is the reason.
 
-For ordinary images (JPEG/PNG/...), on a grey copy resized to 128 px (longer side), contrast-stretched
-(1st..99th percentile) and lightly smoothed; "bright" = above half of Otsu's threshold (so that the
-dark fat of a soft-tissue window still counts as body):
+For ordinary images (JPEG/PNG/...), the statistics are read off the body as
+:mod:`lungct.data.body` defines it (the same body whose box the model's crop keeps): a grey copy
+resized to 128 px, contrast-stretched and smoothed, its bright pixels, and their filled convex hull:
 
 1. ``colour_fraction`` - share of pixels with visible colour in the upload as sent (CT is grey).
 2. ``contrast`` - 1st..99th percentile spread relative to the 99th percentile (blank and constant
@@ -41,10 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
-WORK_SIDE = 128
-"""Statistics are computed on a copy resized to this many px on the longer side."""
+from lungct.data.body import WORK_SIDE, find_body, to_work_size
 
 THRESHOLDS: dict[str, tuple[float, float]] = {
     "colour_fraction": (-1.0, 0.02),
@@ -70,14 +68,8 @@ REASONS: dict[str, str] = {
 COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr"})
 """PIL modes that can carry colour; every other mode is grey (or refused by the decoder)."""
 
-MIN_PART = 0.002
-"""Bright parts smaller than this share of the image (specks, text marks) do not shape the body."""
-
 THICK_PX = 3.0
 """Lung fields are dark pixels at least this far (px at WORK_SIDE) from any bright pixel."""
-
-BODY_LEVEL = 0.5
-"""Body = brighter than this fraction of Otsu's threshold (CT fat can be dark in a soft-tissue window)."""
 
 HU_LUNG = (-950.0, -400.0)
 HU_TISSUE = (-150.0, 400.0)
@@ -114,54 +106,18 @@ def colour_fraction(data: bytes) -> float:
     return float(np.mean(spread > 20))
 
 
-def _resize(img: np.ndarray) -> np.ndarray:
-    """Grey image -> float32 copy with its longer side exactly WORK_SIDE px (area-averaged)."""
-    h, w = img.shape
-    scale = WORK_SIDE / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    im = Image.fromarray(np.asarray(img, np.float32), mode="F")
-    return np.asarray(im.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR))
-
-
-def _otsu(x: np.ndarray) -> float:
-    """Otsu's threshold for values in [0, 1]."""
-    hist, edges = np.histogram(x, bins=128, range=(0.0, 1.0))
-    p = hist / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    omega, mu = np.cumsum(p), np.cumsum(p * centres)
-    sigma_b = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    return float(edges[int(np.argmax(sigma_b[:-1])) + 1])
-
-
-def _hull_mask(mask: np.ndarray) -> np.ndarray:
-    """Filled convex hull of the True pixels of a bool (H, W) mask (all False when degenerate)."""
-    pts = np.argwhere(mask).astype(np.float64)
-    try:
-        eq = ConvexHull(pts).equations  # inside: normal . p + offset <= 0 for every facet
-    except (QhullError, ValueError, IndexError):
-        return np.zeros_like(mask)
-    yy, xx = np.indices(mask.shape, dtype=np.float64)
-    inside = np.ones(mask.shape, bool)
-    for ny, nx, off in eq:
-        inside &= ny * yy + nx * xx + off <= 1e-9
-    return inside
-
-
 def image_statistics(img: np.ndarray) -> dict[str, float]:
     """The intensity/shape statistics of one grey image float32 (H, W) in [0, 1] (see module doc)."""
-    small = _resize(img)
+    small = to_work_size(img)
     lo, hi = np.percentile(small, [1, 99])
     stats = {"contrast": float((hi - lo) / hi) if hi > 1e-4 else 0.0}
-    if stats["contrast"] < THRESHOLDS["contrast"][0]:
+    found = find_body(small)
+    if stats["contrast"] < THRESHOLDS["contrast"][0] or found is None:
         return stats
-    x = ndimage.gaussian_filter(np.clip((small - lo) / (hi - lo), 0, 1), 1.0)
-    bright = x > max(BODY_LEVEL * _otsu(x), 0.04)
+    x, bright, body = found.norm, found.bright, found.hull
     rim = np.ones_like(bright)
     rim[1:-1, 1:-1] = False
     stats["border_contact"] = float(bright[rim].mean())
-    labels, n = ndimage.label(bright)
-    sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, n + 1))
-    body = _hull_mask(np.isin(labels, np.flatnonzero(sizes >= MIN_PART * x.size) + 1))
     stats["body_fraction"] = float(body.mean())
     if not body.any() or body.all():
         return stats

@@ -20,10 +20,10 @@ from matplotlib import colormaps
 from PIL import Image
 
 from lungct import CLASSES
+from lungct.data.imaging import LUNG_WINDOW, Window, decode_bytes
 from lungct.errors import ImageReadError
-from lungct.explain import CMAP, explain_batch, target_layer
-from lungct.imaging import LUNG_WINDOW, Window, decode_bytes
-from lungct.predictor import Prediction, Predictor, decide
+from lungct.explain.cam import CMAP, explain_batch, target_layer
+from lungct.model.predictor import Prediction, Predictor, decide
 from lungct.serve import dicomio, ood
 from lungct.serve.uploads import UnsupportedType, sniff
 

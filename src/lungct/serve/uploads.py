@@ -10,8 +10,8 @@ import posixpath
 import zipfile
 from dataclasses import dataclass
 
+from lungct.data.imaging import is_dicom_bytes
 from lungct.errors import DataError, ImageReadError, LungctError
-from lungct.imaging import is_dicom_bytes
 
 MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from lungct import CLASSES
-from lungct.metrics import aggregate_cases, classification_metrics, softmax
-from lungct.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
-from lungct.predictor import Predictor, decide
+from lungct.evaluation.metrics import aggregate_cases, classification_metrics, softmax
+from lungct.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
+from lungct.model.predictor import Predictor, decide
 from lungct.runs import write_json
 
 
@@ -134,7 +134,7 @@ def evaluate_folder(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Audit an external folder (for its scan groups), then evaluate every readable image in it."""
-    from lungct.audit import run_audit
+    from lungct.data.audit import run_audit
 
     audit = run_audit(data_root, class_map=class_map, out_dir=out_dir / "audit", progress=progress)
     m = evaluate_rows(

@@ -166,9 +166,3 @@ def dicom_to_hu(data: bytes, name: str = "upload") -> tuple[np.ndarray, object]:
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     return arr.astype(np.float32) * slope + intercept, ds
-
-
-def dicom_windows(data: bytes, windows: list[Window], name: str = "upload") -> np.ndarray:
-    """Multi-window channels from one DICOM slice: float32 (C, H, W) in [0, 1], C = len(windows)."""
-    hu, _ = dicom_to_hu(data, name)
-    return np.stack([w.apply(hu) for w in windows])

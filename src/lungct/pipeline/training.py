@@ -15,17 +15,17 @@ import torch
 
 from lungct import CLASSES, __version__
 from lungct.config import TrainConfig, save_config
-from lungct.data import resolve_data_dir
+from lungct.data.discovery import resolve_data_dir
+from lungct.data.transforms import PreprocessConfig
 from lungct.errors import DataError
-from lungct.evaluate import evaluate_rows
-from lungct.metrics import fit_temperature, pick_threshold, softmax
-from lungct.models import get_spec
-from lungct.network import build_network
-from lungct.plots import plot_history
-from lungct.predictor import MALIGNANT, Predictor
+from lungct.evaluation.evaluate import evaluate_rows
+from lungct.evaluation.metrics import fit_temperature, pick_threshold, softmax
+from lungct.evaluation.plots import plot_history
+from lungct.model.network import build_network
+from lungct.model.predictor import MALIGNANT, Predictor
+from lungct.model.registry import get_spec
+from lungct.model.train import fit, load_images, predict_logits, set_determinism, set_threads
 from lungct.runs import RunPaths, environment, load_checkpoint, read_json, write_json
-from lungct.train import fit, load_images, predict_logits, set_determinism, set_threads
-from lungct.transforms import PreprocessConfig
 
 log = logging.getLogger("lungct")
 
@@ -37,7 +37,7 @@ LEAKY_WARNING = (
 
 
 def _split_rows(cfg: TrainConfig, rows: list, paths: RunPaths, resume: bool) -> list[str]:
-    from lungct.splits import grouped_split, random_split, read_split, write_split
+    from lungct.data.splits import grouped_split, random_split, read_split, write_split
 
     if resume and paths.split.is_file():
         saved = read_split(paths.split)
@@ -63,7 +63,7 @@ def _split_summary(rows: list, assignment: list[str]) -> dict[str, Any]:
 
 def _calibrate(net, images: np.ndarray, y: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
     """Temperature on validation logits; malignant threshold on calibrated validation scores."""
-    from lungct.metrics import ece, nll
+    from lungct.evaluation.metrics import ece, nll
 
     logits = predict_logits(net, images)
     t = fit_temperature(logits, y) if len(set(y.tolist())) > 1 else 1.0
@@ -90,8 +90,8 @@ def run_training(
     synthetic: bool = False,
 ) -> RunPaths:
     """Train, calibrate and evaluate one model; everything lands in ``out_dir`` (a run folder)."""
-    from lungct.audit import run_audit
-    from lungct.splits import leakage_report
+    from lungct.data.audit import run_audit
+    from lungct.data.splits import leakage_report
 
     get_spec(cfg.model)  # fail fast on an unknown model, before any work
     root = resolve_data_dir(cfg.data)
@@ -262,10 +262,6 @@ def _warnings(cfg: TrainConfig, pinfo, synthetic: bool) -> list[str]:
 
 def write_run_report(paths: RunPaths) -> Path | None:
     """Write report.html for a run folder."""
-    from lungct.report import write_report
+    from lungct.report.document import write_report
 
     return write_report(paths.root)
-
-
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(RunPaths(Path(run_dir)).run_json)

@@ -16,10 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lungct import CLASSES
-from lungct.imaging import decode_bytes, read_image
-from lungct.network import Classifier, build_network
+from lungct.data.imaging import decode_bytes, read_image
+from lungct.data.transforms import Geometry, PreprocessConfig, preprocess
+from lungct.model.network import Classifier, build_network
 from lungct.runs import find_run, load_checkpoint, read_json
-from lungct.transforms import Geometry, PreprocessConfig, preprocess
 
 MALIGNANT = CLASSES.index("malignant")
 

@@ -23,9 +23,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lungct import CLASSES
-from lungct.data import resolve_data_dir
+from lungct.data.discovery import resolve_data_dir
+from lungct.data.imaging import read_image
 from lungct.errors import DataError, LungctError
-from lungct.explain import (
+from lungct.explain.cam import (
     Explanation,
     class_index,
     explain_prepared,
@@ -33,15 +34,9 @@ from lungct.explain import (
     overlay_png,
     prepare_all,
 )
-from lungct.explain_checks import (
-    POINTING_TOLERANCE,
-    faithfulness_prepared,
-    pointing_scores,
-    shortcut_energy,
-)
-from lungct.imaging import read_image
-from lungct.models import get_spec
-from lungct.predictor import Prediction, Predictor
+from lungct.explain.checks import POINTING_TOLERANCE, faithfulness_prepared, pointing_scores, shortcut_energy
+from lungct.model.predictor import Prediction, Predictor
+from lungct.model.registry import get_spec
 from lungct.runs import RunPaths, find_run, read_json, write_json
 
 log = logging.getLogger("lungct")
@@ -58,8 +53,8 @@ class _Item:
 def _test_items(paths: RunPaths, data: Path | None) -> list[_Item]:
     """The run's test split (split.csv) found under ``data`` or the data folder in config.yaml."""
     from lungct.config import load_config
-    from lungct.phantoms import MASK_FOLDER
-    from lungct.splits import read_split
+    from lungct.data.phantoms import MASK_FOLDER
+    from lungct.data.splits import read_split
 
     root = resolve_data_dir(data if data is not None else load_config(paths.config).data)
     assignment = read_split(paths.split)
@@ -265,16 +260,4 @@ def run_explain(
         metrics_path = paths.eval_dir("test") / "metrics.json"
         metrics = read_json(metrics_path) if metrics_path.is_file() else {}
         write_json(metrics_path, {**metrics, "explain": result})
-        _refresh_report(paths.root)
     return result
-
-
-def _refresh_report(root: Path) -> None:
-    try:
-        from lungct.report import write_report
-    except ModuleNotFoundError as exc:
-        if exc.name != "lungct.report":
-            raise
-        log.info("report module not available; report.html not refreshed")
-        return
-    write_report(root)

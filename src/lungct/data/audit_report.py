@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lungct import CLASSES
-from lungct.audit import AuditResult, write_manifest
+from lungct.data.manifest import AuditResult, write_manifest
 
 
 def audit_warnings(s: dict[str, Any], size_table: dict[str, dict[str, int]]) -> list[str]:

@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from lungct import CLASSES
+from lungct.data.body import body_mask
+from lungct.data.transforms import PreprocessConfig, preprocess
 from lungct.errors import LungctError
-from lungct.explain import check_pair, explain_batch, explain_prepared, method_class, prepare_all
-from lungct.predictor import Predictor
+from lungct.explain.cam import check_pair, explain_batch, explain_prepared, method_class, prepare_all
+from lungct.model.predictor import Predictor
 from lungct.runs import load_checkpoint
-from lungct.transforms import PreprocessConfig, preprocess
 
 POINTING_TOLERANCE = 15 / 224
 """Pointing-game tolerance as a fraction of the image's shorter side (15 px at 224 px)."""
@@ -200,48 +199,13 @@ def pointing_game(
     return {"method": method, **out}
 
 
-def _otsu(x: np.ndarray) -> float:
-    hist, edges = np.histogram(x, bins=64, range=(0.0, 1.0))
-    p = hist / max(hist.sum(), 1)
-    omega, mu = np.cumsum(p), np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
-    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def body_mask(img: np.ndarray, min_fraction: float = 0.15) -> np.ndarray | None:
-    """bool (H, W): convex hull of the largest filled bright region (the body, lungs included).
-
-    Works at about 128 px (max-pooled, so thin skin lines survive). Returns None when the hull covers
-    less than ``min_fraction`` of the image, e.g. bone-window slices whose soft tissue is black.
-    """
-    h, w = img.shape
-    f = max(1, min(h, w) // 128)
-    small = ndimage.maximum_filter(np.asarray(img, dtype=np.float32), size=f)[::f, ::f]
-    mask = small > max(0.1, 0.25 * _otsu(small))
-    if f > 1:  # bridge one-pixel gaps in the skin line (small images: keep the couch separate)
-        mask = ndimage.binary_closing(mask, structure=np.ones((3, 3), bool))
-    labels, n = ndimage.label(ndimage.binary_fill_holes(mask))
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    if n == 0 or sizes.max() < 0.05 * labels.size:
-        return None
-    ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
-    try:
-        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
-    except QhullError:
-        return None
-    canvas = Image.new("1", (w, h), 0)
-    corners = [((xs[v] + 0.5) * f, (ys[v] + 0.5) * f) for v in hull.vertices]
-    ImageDraw.Draw(canvas).polygon(corners, fill=1, outline=1)
-    out = np.array(canvas, dtype=bool)
-    return out if out.mean() >= min_fraction else None
-
-
 def shortcut_energy(
     heatmaps: Sequence[np.ndarray], images: Sequence[np.ndarray], classes: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Share of heatmap energy (sum of values) outside the body, mean over images, overall and per class.
 
-    The body is :func:`body_mask` (couch, text and background are outside). Images without a
+    The body is :func:`lungct.data.body.body_mask`, the region whose bounding box the model's crop
+    keeps (text marks and background are outside). Images without a
     detectable body or with an all-zero heatmap are left out (counted in ``n_skipped``).
     """
     shares: list[float] = []
@@ -272,7 +236,7 @@ def phantom_set(
     n_per_class: int, size: int, seed: int
 ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """Seeded phantoms: (float32 (size, size) [0, 1] images, int labels (N,), bool lesion masks)."""
-    from lungct.phantoms import make_phantom
+    from lungct.data.phantoms import make_phantom
 
     rng = np.random.default_rng(seed)
     drawn = [
@@ -300,8 +264,8 @@ def train_phantom_model(
     the anatomy is random per image, so a model that learned the task has to look at the lesion.
     """
     from lungct.config import make_config
-    from lungct.network import build_network
-    from lungct.train import fit, set_determinism
+    from lungct.model.network import build_network
+    from lungct.model.train import fit, set_determinism
 
     set_determinism(seed)
     pre = PreprocessConfig(size=size)

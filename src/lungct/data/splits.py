@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lungct import CLASSES
-from lungct.audit import ManifestRow
+from lungct.data.manifest import ManifestRow
 from lungct.errors import ConfigError, DataError
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")

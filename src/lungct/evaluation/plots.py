@@ -19,7 +19,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from lungct import CLASSES
 from lungct.errors import LungctError
-from lungct.metrics import BINARY_TASKS, binary_view, ece, reliability_bins
+from lungct.evaluation.metrics import BINARY_TASKS, binary_view, ece, reliability_bins
 
 DPI = 120
 _TASK_LABELS = {"malignant_vs_rest": "malignant vs rest", "abnormal_vs_normal": "abnormal vs normal"}

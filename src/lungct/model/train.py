@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 
 from lungct import CLASSES
 from lungct.config import TrainConfig
-from lungct.imaging import read_image
+from lungct.data.imaging import read_image
+from lungct.data.transforms import Augment, PreprocessConfig, preprocess
 from lungct.runs import load_checkpoint, save_checkpoint
-from lungct.transforms import Augment, PreprocessConfig, preprocess
 
 log = logging.getLogger("lungct")
 

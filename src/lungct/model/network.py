@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lungct import CLASSES
-from lungct.models import ModelSpec, PretrainedInfo, create_model, get_spec, resolve_layer
+from lungct.model.registry import ModelSpec, PretrainedInfo, create_model, get_spec, resolve_layer
 
 
 class Classifier(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lungct import CLASSES
-from lungct.report import (
+from lungct.report.html import (
     NA,
     blocks,
     esc,

@@ -11,7 +11,6 @@ is measured in :mod:`lungct.explain_checks`; a run's explanation report (overlay
 
 from __future__ import annotations
 
-import importlib
 import io
 import threading
 from collections.abc import Iterator, Sequence
@@ -34,11 +33,11 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sig
 from torch import nn
 
 from lungct import CLASSES
+from lungct.data.transforms import Geometry, to_original
 from lungct.errors import LungctError, ModelError
-from lungct.models import get_spec, resolve_layer
-from lungct.network import cam_layer
-from lungct.predictor import Prediction, Predictor
-from lungct.transforms import Geometry, to_original
+from lungct.model.network import cam_layer
+from lungct.model.predictor import Prediction, Predictor
+from lungct.model.registry import get_spec, resolve_layer
 
 
 class SignedEigenCAM(EigenCAM):
@@ -289,33 +288,3 @@ def heatmap_png(heatmap: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.round(rgba * 255).astype(np.uint8), mode="RGBA").save(buf, format="PNG")
     return buf.getvalue()
-
-
-# ------------------------------------------------------------------------------------------------
-# Names that moved to the checks and run modules, still importable from here
-# ------------------------------------------------------------------------------------------------
-
-_MOVED = {
-    **dict.fromkeys(
-        (
-            "FAITHFULNESS_DEFINITION",
-            "POINTING_TOLERANCE",
-            "body_mask",
-            "faithfulness",
-            "phantom_set",
-            "pointing_game",
-            "run_pointing_game_benchmark",
-            "shortcut_energy",
-            "train_phantom_model",
-        ),
-        "lungct.explain_checks",
-    ),
-    "run_explain": "lungct.explain_run",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Resolve the names of :data:`_MOVED` on first use (those modules import this one)."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

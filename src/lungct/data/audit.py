@@ -6,7 +6,7 @@ across the slices of one scan rather than fine texture. Each image is resized to
 
 * appearance: gradient magnitude (weight 2/3) and intensities (1/3);
 * lower-half edges: vertical intensity steps in the lower half (couch, table height, back outline);
-* silhouette: the foreground mask, blurred and reduced to 32x32 (body outline and position);
+* silhouette: the body (:mod:`lungct.data.body`), blurred and reduced to 32x32 (outline and position);
 
 each zero-mean and unit-norm; the similarity of two images is the mean of the three cosines, and only
 images of the same size are compared. Links come from the data, with one error level ``ERROR_RATE``
@@ -49,15 +49,16 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from lungct import CLASSES, __version__
-from lungct.data import list_dataset
+from lungct.data.discovery import list_dataset
 from lungct.errors import DataError, ImageReadError
-from lungct.imaging import decode_bytes
+from lungct.data.body import find_body
+from lungct.data.audit_report import audit_warnings, write_audit
+from lungct.data.imaging import decode_bytes
+from lungct.data.manifest import AuditResult, ManifestRow, read_manifest, write_manifest
 
 log = logging.getLogger("lungct")
 
 FEATURE_SIZE = 64
-FOREGROUND = 0.05
-"""Silhouette: pixels above this fraction of the 1st-99th percentile intensity range."""
 ERROR_RATE = 0.05
 """Accepted share of images linked to a different patient, judged against other-class images."""
 K_MAX = 3
@@ -74,39 +75,6 @@ PARTS = ("appearance", "lower-half edges", "silhouette")
 Feats = tuple[np.ndarray, ...]
 """Feature matrices, one (N, D) float32 array per part of :data:`PARTS`."""
 _NUMBER = re.compile(r"(\d+)\D*$")
-
-
-@dataclass
-class ManifestRow:
-    """One readable image. ``path`` is relative to the dataset root (posix); mean/std in [0, 1] units."""
-
-    path: str
-    label: int
-    class_name: str
-    sha256: str
-    pixel_sha256: str
-    width: int
-    height: int
-    mode: str
-    bytes: int
-    mean: float
-    std: float
-    group_id: str = ""
-    duplicate_of: str | None = None
-
-
-CSV_HEADER = tuple("class" if f.name == "class_name" else f.name for f in fields(ManifestRow))
-"""manifest.csv columns: the :class:`ManifestRow` fields, with ``class_name`` written as ``class``."""
-
-
-@dataclass
-class AuditResult:
-    """Everything the audit found; ``summary`` is what audit.json holds."""
-
-    root: Path
-    rows: list[ManifestRow]
-    skipped: list[tuple[str, str]]
-    summary: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -139,8 +107,9 @@ def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
     look = np.concatenate([_unit(np.hypot(*np.gradient(small)), 2 / 3), _unit(small, 1 / 3)])
     lower = _unit(np.abs(np.diff(small[FEATURE_SIZE // 2 :], axis=0)))
-    lo, hi = np.percentile(small, [1, 99])
-    fg = ndimage.gaussian_filter((small > lo + FOREGROUND * (hi - lo)).astype(np.float32), 1.0)
+    body = find_body(small)
+    hull = body.hull if body is not None else np.zeros_like(small, dtype=bool)
+    fg = ndimage.gaussian_filter(hull.astype(np.float32), 1.0)
     half = FEATURE_SIZE // 2
     return look, lower, _unit(fg.reshape(half, 2, half, 2).mean(axis=(1, 3)))
 
@@ -488,8 +457,7 @@ def run_audit(
     root: Path, class_map: dict[str, str] | None = None, out_dir: Path | None = None, progress: bool = True
 ) -> AuditResult:
     """Audit the dataset under ``root``; write manifest.csv, audit.json, audit.md (+ PNGs) to ``out_dir``."""
-    from lungct.audit_report import audit_warnings, write_audit  # the report module imports this one
-
+    
     t0 = time.time()
     root = Path(root)
     rows, feats, skipped = _scan(root, class_map, progress)
@@ -533,49 +501,3 @@ def run_audit(
     if out_dir is not None:
         write_audit(result, Path(out_dir), nn)
     return result
-
-
-def write_manifest(rows: list[ManifestRow], path: Path) -> Path:
-    """Write rows as CSV (header :data:`CSV_HEADER`; ``class`` holds ``class_name``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_HEADER)
-        for r in rows:
-            d = asdict(r)
-            d["class"], d["mean"], d["std"] = d.pop("class_name"), f"{r.mean:.6f}", f"{r.std:.6f}"
-            d["duplicate_of"] = r.duplicate_of or ""
-            w.writerow([d[k] for k in CSV_HEADER])
-    return path
-
-
-def read_manifest(path: Path) -> list[ManifestRow]:
-    """Read a manifest.csv written by :func:`write_manifest`. Raises DataError when malformed."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = set(CSV_HEADER) - set(reader.fieldnames or ())
-            if missing:
-                raise DataError(
-                    f"{path}: not a lungct manifest (missing columns: {', '.join(sorted(missing))})"
-                )
-            types = {fl.name: fl.type for fl in fields(ManifestRow)}
-            out = []
-            for n, d in enumerate(reader, start=2):
-                d["class_name"] = d.pop("class")
-                d["duplicate_of"] = d["duplicate_of"] or None
-                kw = {
-                    k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v)
-                    for k, v in d.items()
-                    if k in types
-                }
-                if not 0 <= kw["label"] < len(CLASSES):
-                    raise DataError(f"{path}:{n}: label {kw['label']} out of range")
-                out.append(ManifestRow(**kw))
-    except OSError as exc:
-        raise DataError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: malformed manifest row ({exc})") from exc
-    return out

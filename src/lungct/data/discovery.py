@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lungct import CLASSES
 from lungct.errors import DataError
-from lungct.imaging import IMAGE_SUFFIXES
+from lungct.data.imaging import IMAGE_SUFFIXES
 
 log = logging.getLogger("lungct")
 

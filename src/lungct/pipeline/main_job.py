@@ -12,9 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from lungct.config import TrainConfig
-from lungct.data import data_available, download, find_class_dirs, resolve_data_dir
+from lungct.data.discovery import data_available, download, find_class_dirs, resolve_data_dir
 from lungct.errors import DataError
-from lungct.pipeline import run_training
+from lungct.explain.gallery import run_explain
+from lungct.pipeline.training import run_training
+from lungct.report import write_report
+from lungct.runs import find_run
 
 log = logging.getLogger("lungct")
 
@@ -56,7 +59,7 @@ def run_main_job(cfg: TrainConfig, out: Path, *, allow_synthetic: bool = True, p
             raise DataError(
                 "no real data found (--data, LUNGCT_DATA, ./data, download) and --no-synthetic given"
             )
-        from lungct.phantoms import write_phantom_dataset
+        from lungct.data.phantoms import write_phantom_dataset
 
         print(BANNER, flush=True)
         root = out / "synthetic_phantoms"
@@ -66,9 +69,16 @@ def run_main_job(cfg: TrainConfig, out: Path, *, allow_synthetic: bool = True, p
             )
     cfg = replace(cfg, data=str(root))
     paths = run_training(cfg, out, progress=progress, synthetic=synthetic)
-    from lungct.explain import run_explain
-
-    run_explain(paths.root, None, max_images=16, progress=progress)
+    explain_and_report(paths.root, max_images=16, progress=progress)
     if synthetic:
         print(BANNER, flush=True)
     return paths.root
+
+
+def explain_and_report(run_dir: str | Path, out: Path | None = None, **kwargs) -> dict:
+    """Grad-CAM gallery and checks for a run (see :func:`run_explain`); refreshes report.html when
+    the run's own test split was explained (results then land in its metrics.json)."""
+    result = run_explain(run_dir, out, **kwargs)
+    if kwargs.get("images") is None:
+        write_report(find_run(run_dir).root)
+    return result

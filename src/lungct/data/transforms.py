@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from lungct.errors import ConfigError
-from lungct.imaging import Window
+from lungct.data.body import body_bbox
+from lungct.data.imaging import Window
 
 
 @dataclass(frozen=True)
@@ -61,46 +62,6 @@ class Geometry:
     pad_top: int
     pad_left: int
     size: int
-
-
-def body_bbox(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int]:
-    """Bounding box (y0, y1, x0, x1) of the large bright structures (body, and couch if present).
-
-    Small specks (text, noise) are ignored, so the empty background and canvas padding are dropped.
-    When nothing body-like is found (< 5 % of the image), the whole image is returned.
-    """
-    h, w = img.shape
-    small_f = max(1, min(h, w) // 128)
-    small = ndimage.uniform_filter(img, size=small_f)[::small_f, ::small_f]
-    smooth = ndimage.gaussian_filter(small, 1.5)
-    mask = smooth > max(0.04, 0.5 * _otsu(smooth))
-    mask = ndimage.binary_closing(mask, structure=_disk(2))
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return 0, h, 0, w
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    keep = np.isin(labels, np.flatnonzero(sizes >= 0.002 * mask.size) + 1)
-    if keep.sum() < 0.05 * mask.size:
-        return 0, h, 0, w
-    ys, xs = np.nonzero(keep)
-    m = round(margin * max(h, w))
-    y0, y1 = max(0, ys.min() * small_f - m), min(h, (ys.max() + 1) * small_f + m)
-    x0, x1 = max(0, xs.min() * small_f - m), min(w, (xs.max() + 1) * small_f + m)
-    return int(y0), int(y1), int(x0), int(x1)
-
-
-def _disk(r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return (yy**2 + xx**2) <= r * r
-
-
-def _otsu(x: np.ndarray) -> float:
-    hist, edges = np.histogram(x, bins=64, range=(0.0, 1.0))
-    p = hist.astype(np.float64) / max(hist.sum(), 1)
-    omega = np.cumsum(p)
-    mu = np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
-    sigma_b = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    return float(edges[int(np.argmax(sigma_b)) + 1])
 
 
 def standardise_intensity(img: np.ndarray) -> np.ndarray:
