@@ -22,6 +22,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks *.py
+	$(BIN)/ruff format --check src tests benchmarks *.py
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

@@ -33,6 +33,7 @@ from lungct.explain.checks import (
     train_phantom_model,
 )
 from lungct.explain.gallery import run_explain
+from lungct.model.decision import DecisionRule
 from lungct.model.network import build_network
 from lungct.model.predictor import Predictor
 
@@ -44,7 +45,7 @@ def predictor() -> Predictor:
     """An untrained small_cnn at 32 px (explanations need no training to be well-formed)."""
     torch.manual_seed(0)
     net, _, _ = build_network("small_cnn", pretrained="none")
-    return Predictor(net, "small_cnn", PreprocessConfig(size=32), temperature=1.5, threshold=0.3)
+    return Predictor(net, "small_cnn", PreprocessConfig(size=32), temperature=1.5, rule=DecisionRule(0.3))
 
 
 @pytest.fixture(scope="module")

@@ -111,8 +111,8 @@ def test_bootstrap_replicates_equal_metrics_on_resampled_data():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 120)
     probs = metrics.softmax(np.round(rng.normal(size=(120, 3)), 1) + np.eye(3)[y])  # with ties
-    codes, ids = metrics._group_codes([i // 4 for i in range(120)], 120)
-    weights = metrics._group_weights(codes, len(ids), 4, rng)
+    codes, ids = metrics.group_codes([i // 4 for i in range(120)], 120)
+    weights = metrics.group_weights(codes, len(ids), 4, rng)
     replicated = metrics._replicate_metrics(weights, y, probs, threshold=0.4)
     for b in range(4):
         idx = np.repeat(np.arange(120), weights[b].astype(int))

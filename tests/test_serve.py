@@ -291,6 +291,7 @@ def test_zip_bombs_refused(predictor):
 
 
 def test_case_rule_mean_and_review_hint():
+    from lungct.model.decision import DecisionRule
     from lungct.model.predictor import Prediction
     from lungct.serve.ood import OODResult
     from lungct.serve.service import Slice, SliceOutcome, case_summary
@@ -299,15 +300,20 @@ def test_case_rule_mean_and_review_hint():
         s = Slice(
             np.zeros((8, 8), np.float32), "PNG", OODResult(p_mal is None, "x" if p_mal is None else None)
         )
-        pred = None if p_mal is None else Prediction(np.array([1 - p_mal, 0.0, p_mal]), 0.5, None)
+        pred = None if p_mal is None else Prediction(np.array([1 - p_mal, 0.0, p_mal]), rule, None)
         return SliceOutcome(s, pred)
 
-    case = case_summary([outcome(0.9), outcome(0.1), outcome(0.2), outcome(None)], threshold=0.5)
+    rule = DecisionRule(0.5, 0.5, "mean")
+    case = case_summary([outcome(0.9), outcome(0.1), outcome(0.2), outcome(None)], rule)
     assert case["decision"] == "normal" and case["n_above_threshold"] == 1 and case["n_assessed"] == 3
     assert case["most_suspicious_slice"] == 1 and "review" in case["decision_text"]
     assert case["max_malignant_probability"] == pytest.approx(0.9)
-    assert case_summary([outcome(0.9), outcome(0.6)], 0.5)["decision"] == "malignant"
-    assert case_summary([outcome(None)], 0.5)["decision"] is None
+    assert case["aggregation"] == "mean" and case["case_probabilities"]["malignant"] == pytest.approx(0.4)
+    assert case_summary([outcome(0.9), outcome(0.6)], rule)["decision"] == "malignant"
+    assert case_summary([outcome(None)], rule)["decision"] is None
+    # The run's case rule is the one applied: with 'max' one suspicious slice flags the case.
+    max_rule = DecisionRule(0.5, 0.5, "max")
+    assert case_summary([outcome(0.9), outcome(0.1), outcome(0.2)], max_rule)["decision"] == "malignant"
 
 
 def test_study_with_unreadable_member_names_its_position(client):

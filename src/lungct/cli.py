@@ -31,7 +31,10 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "label_smoothing": (float, "label smoothing for the loss"),
     "threads": (int, "CPU threads for torch"),
     "max_minutes": (float, "stop training after this many minutes"),
-    "target_sensitivity": (float, "malignant sensitivity the operating threshold aims for on validation"),
+    "target_sensitivity": (float, "malignant sensitivity the operating threshold aims for (held-out data)"),
+    "target_normal_recall": (float, "normal recall the benign threshold keeps (held-out data)"),
+    "cross_fit_folds": (int, "folds for cross-fitting the operating point (0: fit on the validation split)"),
+    "case_aggregation": (str, "case rule: auto (chosen on held-out groups) | mean | max | top3 | noisy_or"),
     "n_boot": (int, "bootstrap replicates for confidence intervals"),
 }
 
@@ -220,7 +223,9 @@ def cmd_evaluate(args) -> int:
     root = resolve_data_dir(args.data)
     out = Path(args.out) if args.out else paths.eval_dir(root.name or "external")
     cmap = parse_class_map(args.class_map) if args.class_map else None
-    m = evaluate_folder(predictor, root, out, class_map=cmap, n_boot=args.n_boot, progress=not args.quiet)
+    m = evaluate_folder(
+        predictor, root, out, run_root=paths.root, class_map=cmap, n_boot=args.n_boot, progress=not args.quiet
+    )
     if out.resolve().is_relative_to(paths.root.resolve()):
         write_run_report(paths)
     print(_headline(m))
@@ -315,17 +320,27 @@ def cmd_run(args) -> int:
 
 
 def _headline(m: dict) -> str:
+    """One line of the shipped decision's numbers (slices and cases), then the arg-max AUC."""
+
     def f(x: Any) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
-    mal = m.get("malignant_vs_rest", {})
-    case = m.get("case_level", {})
+    d = m.get("decision", {})
+    s, c = d.get("slice", {}), d.get("case", {})
+    rec = {c: v.get("recall") for c, v in s.get("per_class", {}).items()}
+    overlap = m.get("overlap", {})
+    leak = ""
+    if overlap.get("leaky"):
+        n, of = overlap["images_with_match"], overlap["n_evaluated"]
+        leak = f" | LEAKY: {n} of {of} images overlap the run's training data"
     return (
-        f"n={m.get('n')} accuracy {f(m.get('accuracy'))} balanced {f(m.get('balanced_accuracy'))} "
-        f"macro-AUC {f(m.get('macro_auc'))} | malignant sens {f(mal.get('sensitivity'))} "
-        f"spec {f(mal.get('specificity'))} | benign recall "
-        f"{f(m.get('per_class', {}).get('benign', {}).get('sensitivity'))} | "
-        f"case accuracy {f(case.get('accuracy'))} (n={case.get('n')})"
+        f"shipped decision, n={s.get('n')} slices: accuracy {f(s.get('accuracy'))} "
+        f"balanced {f(s.get('balanced_accuracy'))} | recall normal {f(rec.get('normal'))} "
+        f"benign {f(rec.get('benign'))} malignant {f(rec.get('malignant'))} "
+        f"| malignant sens {f(s.get('malignant', {}).get('sensitivity'))} "
+        f"spec {f(s.get('malignant', {}).get('specificity'))} | cases (n={c.get('n')}): accuracy "
+        f"{f(c.get('accuracy'))} abnormal sens {f(c.get('abnormal', {}).get('sensitivity'))} "
+        f"spec {f(c.get('abnormal', {}).get('specificity'))} | macro-AUC {f(m.get('macro_auc'))}{leak}"
     )
 
 

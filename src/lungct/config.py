@@ -20,7 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split": ("grouped", "random"),
     "balance": ("weights", "sampler", "none"),
     "intensity": ("none", "percentile"),
-    "case_aggregation": ("mean", "max"),
+    "case_aggregation": ("auto", "mean", "max", "top3", "noisy_or"),
     "monitor": ("val_loss", "val_balanced_accuracy"),
 }
 
@@ -56,8 +56,12 @@ class TrainConfig:
     test_fraction: float = 0.15
     seed: int = 0
     threads: int | None = None
-    target_sensitivity: float = 0.95
-    case_aggregation: str = "mean"
+    cross_fit_folds: int = (
+        3  # >= 2: temperature/thresholds/case rule from out-of-fold predictions; 0: from val
+    )
+    target_sensitivity: float = 0.98  # malignant sensitivity the operating threshold aims for (held out)
+    target_normal_recall: float = 0.85  # normal recall the benign threshold keeps (held out)
+    case_aggregation: str = "auto"  # auto: chosen on held-out scan groups
     n_boot: int = 1000
     max_minutes: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,8 +78,13 @@ class TrainConfig:
             raise ConfigError("val_fraction and test_fraction must be in (0, 0.5)")
         if not 0 <= self.freeze_fraction < 1:
             raise ConfigError("freeze_fraction must be in [0, 1)")
-        if not 0 < self.target_sensitivity < 1:
-            raise ConfigError("target_sensitivity must be in (0, 1)")
+        for key in ("target_sensitivity", "target_normal_recall"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be in (0, 1); got {getattr(self, key)!r}")
+        if self.cross_fit_folds == 1 or self.cross_fit_folds < 0:
+            raise ConfigError(
+                f"cross_fit_folds must be 0 (calibrate on val) or >= 2; got {self.cross_fit_folds}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -98,7 +98,7 @@ def _unit(x: np.ndarray, weight: float = 1.0) -> np.ndarray:
     return v * np.float32(np.sqrt(weight) / n) if n > 1e-8 else np.zeros_like(v)
 
 
-def _features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def similarity_features(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float32 (H, W) image -> (appearance (2*64*64,), lower-half edges (31*64,), silhouette (32*32,))
     float32 unit vectors (see the module docstring)."""
     small = np.asarray(
@@ -137,7 +137,7 @@ def _scan(root: Path, class_map: dict[str, str] | None, progress: bool):
         digests = (hashlib.sha256(data).hexdigest(), _pixel_digest(img))
         w, h, stats = info.width, info.height, (float(img.mean()), float(img.std()))
         rows.append(ManifestRow(rel, s.label, s.class_name, *digests, w, h, info.mode, len(data), *stats))
-        for store, f in zip(parts, _features(img), strict=True):
+        for store, f in zip(parts, similarity_features(img), strict=True):
             store.append(f)
     for rel, why in skipped:
         log.warning("skipped %s: %s", rel, why)

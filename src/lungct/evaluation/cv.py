@@ -9,18 +9,21 @@ import numpy as np
 from lungct.data.splits import grouped_kfold
 
 KEY_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
+    "decision.slice.accuracy",
+    "decision.slice.balanced_accuracy",
+    "decision.slice.per_class.normal.recall",
+    "decision.slice.per_class.benign.recall",
+    "decision.slice.malignant.sensitivity",
+    "decision.slice.malignant.specificity",
+    "decision.case.balanced_accuracy",
+    "decision.case.abnormal.sensitivity",
+    "decision.case.abnormal.specificity",
+    "abnormal_vs_normal.auc",
+    "malignant_vs_rest.auc",
     "macro_auc",
-    "per_class.benign.sensitivity",
-    "per_class.normal.sensitivity",
-    "malignant_vs_rest.sensitivity",
-    "malignant_vs_rest.specificity",
     "calibration.ece",
-    "case_level.accuracy",
-    "case_level.balanced_accuracy",
 )
+"""Per-fold numbers that CV summarises: the shipped decision first, then threshold-free ranking."""
 
 
 def metric_at(d: dict, dotted: str) -> float | None:

@@ -33,6 +33,7 @@ from sklearn.metrics import (
 
 from lungct import CLASSES
 from lungct.errors import LungctError
+from lungct.model.decision import CASE_AGGREGATIONS, aggregate
 
 N_CLASSES = len(CLASSES)
 MALIGNANT = CLASSES.index("malignant")
@@ -95,7 +96,7 @@ def _check_logits(logits: Any, n: int | None = None) -> np.ndarray:
     return arr
 
 
-def _group_codes(groups: Sequence[Hashable] | np.ndarray | None, n: int) -> tuple[np.ndarray, list]:
+def group_codes(groups: Sequence[Hashable] | np.ndarray | None, n: int) -> tuple[np.ndarray, list]:
     """Integer code per image ``(N,)`` and the distinct group ids, in order of first appearance."""
     if groups is None:
         return np.arange(n), list(range(n))
@@ -379,7 +380,7 @@ def _replicate_metrics(
     return {name: out[name] for name in CI_METRICS}
 
 
-def _group_weights(codes: np.ndarray, n_groups: int, n_rep: int, rng: np.random.Generator) -> np.ndarray:
+def group_weights(codes: np.ndarray, n_groups: int, n_rep: int, rng: np.random.Generator) -> np.ndarray:
     """Image multiplicities ``(n_rep, N)`` from drawing ``n_groups`` groups with replacement."""
     draws = rng.integers(0, n_groups, size=(n_rep, n_groups))
     flat = (draws + np.arange(n_rep)[:, None] * n_groups).ravel()
@@ -407,12 +408,12 @@ def group_bootstrap(
     if n_boot < 1:
         raise LungctError(f"n_boot must be >= 1, got {n_boot}")
     threshold = 0.5 if malignant_threshold is None else float(malignant_threshold)
-    codes, ids = _group_codes(groups, len(labels))
+    codes, ids = group_codes(groups, len(labels))
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOT_CELLS // len(labels))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRICS}
     for start in range(0, n_boot, chunk):
-        weights = _group_weights(codes, len(ids), min(chunk, n_boot - start), rng)
+        weights = group_weights(codes, len(ids), min(chunk, n_boot - start), rng)
         for name, values in _replicate_metrics(weights, labels, p, threshold).items():
             parts[name].append(values)
     ci95: dict[str, list[float] | None] = {}
@@ -452,7 +453,7 @@ def classification_metrics(
     labels = _check_labels(y)
     p = _check_probs(probs, len(labels))
     out = point_metrics(labels, p, malignant_threshold)
-    out["n_groups"] = len(_group_codes(groups, len(labels))[1])
+    out["n_groups"] = len(group_codes(groups, len(labels))[1])
     calibration: dict[str, Any] = {"temperature": _num(temperature), **_calibration_block(p, labels)}
     if logits is not None and temperature is not None:
         calibration["before"] = _calibration_block(softmax(_check_logits(logits, len(labels))), labels)
@@ -474,7 +475,7 @@ def classification_metrics(
 def mixed_groups(y: np.ndarray, groups: Sequence[Hashable] | np.ndarray) -> list[Hashable]:
     """Group ids whose images carry more than one label, in order of first appearance."""
     labels = _check_labels(y)
-    codes, ids = _group_codes(groups, len(labels))
+    codes, ids = group_codes(groups, len(labels))
     return [g for code, g in enumerate(ids) if len(np.unique(labels[codes == code])) > 1]
 
 
@@ -484,34 +485,22 @@ def _majority(labels: np.ndarray) -> int:
     return max(counts, key=lambda k: (counts[k], k))
 
 
-def _max_case_probs(p: np.ndarray) -> np.ndarray:
-    """``(3,)``: max malignant, max benign, normal = 1 - both (renormalised if they exceed 1)."""
-    mal, ben = p[:, MALIGNANT].max(), p[:, CLASSES.index("benign")].max()
-    abnormal = mal + ben
-    if abnormal > 1.0:
-        mal, ben = mal / abnormal, ben / abnormal
-    out = np.zeros(N_CLASSES)
-    out[MALIGNANT], out[CLASSES.index("benign")] = mal, ben
-    out[NORMAL] = max(0.0, 1.0 - mal - ben)
-    return out
-
-
 def aggregate_cases(
     y: np.ndarray, probs: np.ndarray, groups: Sequence[Hashable] | np.ndarray, how: str = "mean"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One row per group (order of first appearance): ``(case_y (G,), case_probs (G, 3), ids (G,))``.
 
-    ``how="mean"``: case probabilities = mean over the group's slices. ``how="max"``: p(malignant)
-    and p(benign) are the maxima over slices, p(normal) = 1 - their sum; if the two maxima sum to
-    more than 1 they are rescaled to sum to 1 and p(normal) = 0. Case label = the group's label, or
+    Case probabilities: :func:`lungct.model.decision.aggregate` with ``how`` (one of
+    ``CASE_AGGREGATIONS``; e.g. ``"mean"`` over slices, or ``"max"``: per-class maxima of p(malignant)
+    and p(benign), p(normal) the rest, rescaled when they exceed 1). Case label = the group's label, or
     its majority label when the group is mixed (ties go to the more severe label); mixed groups
     raise a ``UserWarning`` giving their count (see ``mixed_groups``).
     """
     labels = _check_labels(y)
     p = _check_probs(probs, len(labels))
-    if how not in ("mean", "max"):
-        raise LungctError(f"unknown case aggregation {how!r}; choose 'mean' or 'max'")
-    codes, ids = _group_codes(groups, len(labels))
+    if how not in CASE_AGGREGATIONS:
+        raise LungctError(f"unknown case aggregation {how!r}; choose one of {', '.join(CASE_AGGREGATIONS)}")
+    codes, ids = group_codes(groups, len(labels))
     case_y = np.empty(len(ids), dtype=np.int64)
     case_p = np.empty((len(ids), N_CLASSES))
     n_mixed = 0
@@ -519,7 +508,7 @@ def aggregate_cases(
         members = codes == g
         case_y[g] = _majority(labels[members])
         n_mixed += len(np.unique(labels[members])) > 1
-        case_p[g] = p[members].mean(axis=0) if how == "mean" else _max_case_probs(p[members])
+        case_p[g] = aggregate(p[members], how)
     if n_mixed:
         warnings.warn(
             f"{n_mixed} of {len(ids)} groups mix labels; their case label is the majority label",

@@ -193,7 +193,7 @@ def explain_prepared(
         for m, pr, t, g in zip(maps, probs, tb, geoms[i : i + bs], strict=True):
             cls = int(np.argmax(pr)) if t is None else int(t)
             heat = np.clip(to_original(m, g), 0.0, 1.0).astype(np.float32)
-            out.append(Explanation(heat, method, CLASSES[cls], Prediction(pr, predictor.threshold, g), m))
+            out.append(Explanation(heat, method, CLASSES[cls], Prediction(pr, predictor.rule, g), m))
     return out
 
 

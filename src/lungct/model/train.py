@@ -165,6 +165,7 @@ class FitState:
     best_score: float = -math.inf
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
 
 
 def _score(cfg: TrainConfig, val_loss: float, val_bacc: float) -> float:
@@ -187,7 +188,7 @@ def fit(
     model: nn.Module,
     cfg: TrainConfig,
     train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
     ckpt_best: Path,
     ckpt_last: Path,
     history_csv: Path,
@@ -195,7 +196,12 @@ def fit(
     progress: bool = True,
     meta: dict | None = None,
 ) -> FitState:
-    """Train with AdamW + warm-up/cosine, early stopping on validation; saves best/last checkpoints."""
+    """Train with AdamW + warm-up/cosine; saves best/last checkpoints after every epoch.
+
+    With ``val`` (uint8 images (N, S, S), labels (N,)), the best epoch by ``cfg.monitor`` is kept and
+    training stops after ``cfg.patience`` epochs without improvement. Without ``val`` (cross-fitting,
+    where every training group is used), all ``cfg.epochs`` epochs run and best = last.
+    """
     model = model.to(memory_format=torch.channels_last)
     ds = SliceDataset(train[0], train[1], Augment() if cfg.augment else None)
     sampler = None
@@ -224,11 +230,14 @@ def fit(
     t0 = time.time()
     while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
         row = _run_epoch(model, loader, opt, sched, loss_fn, state.epoch, cfg, progress)
-        v_loss, v_acc, v_bacc = _val_stats(model, val[0], val[1], loss_fn, 2 * cfg.batch_size)
-        row.update(val_loss=v_loss, val_accuracy=v_acc, val_balanced_accuracy=v_bacc)
+        if val is not None:
+            v_loss, v_acc, v_bacc = _val_stats(model, val[0], val[1], loss_fn, 2 * cfg.batch_size)
+            row.update(val_loss=v_loss, val_accuracy=v_acc, val_balanced_accuracy=v_bacc)
+            score = _score(cfg, v_loss, v_bacc)
+        else:
+            v_loss, v_bacc, score = math.nan, math.nan, float(state.epoch)
         state.epoch += 1
         state.history.append(row)
-        score = _score(cfg, v_loss, v_bacc)
         improved = score > state.best_score + 1e-6
         if improved:
             state.best_score, state.bad_epochs = score, 0

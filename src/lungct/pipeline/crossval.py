@@ -13,12 +13,17 @@ from lungct.data.splits import grouped_kfold
 from lungct.evaluation.cv import KEY_METRICS, cv_markdown, fold_assignment, metric_at, summarise
 from lungct.model.registry import get_spec
 from lungct.model.train import load_images, set_determinism, set_threads
-from lungct.pipeline.training import preprocess_config, train_and_evaluate
+from lungct.pipeline.training import make_split, preprocess_config, train_and_evaluate
 from lungct.runs import RunPaths, environment, write_json
 
 
 def run_cv(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, progress: bool = True) -> dict[str, Any]:
-    """Grouped k-fold CV; each fold is a full run folder under ``out_dir/fold_k``; writes cv.json, cv.md."""
+    """Grouped k-fold CV over the training groups; each fold is a full run folder under ``out_dir/fold_k``.
+
+    The test split that `lungct train` would hold out for this config (same seed and fractions) is
+    excluded first, so model selection by CV never sees the groups the final numbers are reported on.
+    Writes cv.json and cv.md.
+    """
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -29,7 +34,9 @@ def run_cv(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, progress: bool
     t0 = time.time()
     root = resolve_data_dir(cfg.data)
     audit = run_audit(root, class_map=cfg.class_map, out_dir=out / "audit", progress=progress)
-    rows = audit.rows
+    split = make_split(cfg, audit.rows)
+    rows = [r for r, s in zip(audit.rows, split, strict=True) if s != "test"]
+    excluded = sorted({r.group_id for r, s in zip(audit.rows, split, strict=True) if s == "test"})
     pre = preprocess_config(cfg, get_spec(cfg.model).input_size)
     images = load_images([root / r.path for r in rows], pre, progress=progress)
     per_fold = []
@@ -50,6 +57,9 @@ def run_cv(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, progress: bool
     result = {
         "model": cfg.model,
         "folds": folds,
+        "data": f"{len(rows)} images of the training groups; the {len(excluded)} test-split scan groups "
+        "of `lungct train` with this seed are excluded",
+        "excluded_test_groups": excluded,
         "summary": summarise(per_fold),
         "per_fold": [{key: metric_at(m, key) for key in KEY_METRICS} for m in per_fold],
         "seconds": round(time.time() - t0, 1),

@@ -68,13 +68,61 @@ def _ci(metrics: dict[str, Any], dotted: str) -> str:
     return fmt_ci(get(metrics, dotted), ci.get(dotted) if isinstance(ci, dict) else None)
 
 
+_DECISION_ROWS = (
+    ("Accuracy", "accuracy"),
+    ("Balanced accuracy", "balanced_accuracy"),
+    ("Normal recall", "per_class.normal.recall"),
+    ("Benign recall", "per_class.benign.recall"),
+    ("Malignant recall (sensitivity)", "malignant.sensitivity"),
+    ("Malignant specificity", "malignant.specificity"),
+    ("Abnormal sensitivity (benign or malignant flagged)", "abnormal.sensitivity"),
+    ("Abnormal specificity (normal cleared)", "abnormal.specificity"),
+)
+
+
+def _dci(block: dict[str, Any], dotted: str) -> str:
+    """A decision metric with its CI; per-class recall lives at per_class.<c>.recall."""
+    ci = (block.get("ci95") or {}).get(dotted)
+    value = get(block, dotted)
+    return fmt_ci(value, ci)
+
+
+def decision_table(m: dict[str, Any] | None) -> str:
+    """The shipped decision on slices and scans (and on 512x512 images only), with 95 % CIs."""
+    if not m or "decision" not in m:
+        return na("decision metrics not available (evaluated before decision rules existed)")
+    d = m["decision"]
+    s, c = d.get("slice", {}), d.get("case", {})
+    sub = (m.get("subsets") or {}).get("512x512 only") or {}
+    sd = (sub.get("decision") or {}).get("slice") or {}
+    headers = [
+        "Shipped decision (95% CI)",
+        f"Slices (n={fmt_value(s.get('n'))}, {fmt_value(s.get('n_groups'))} scans)",
+        f"Scans (n={fmt_value(c.get('n'))}, {esc(get(d, 'rule.case_aggregation', '?'))} of slices)",
+        f"Slices, 512×512 only (n={fmt_value(sd.get('n'))})",
+    ]
+    rows = [(label, _dci(s, k), _dci(c, k), _dci(sd, k) if sd else NA) for label, k in _DECISION_ROWS]
+    note = (
+        '<p class="muted">The rule the CLI, web page and PACS output use (thresholds below). Intervals: '
+        f"{esc(s.get('ci95_method') or 'none')} for slices; scans resampled individually. Every image of "
+        "another size in IQ-OTH/NCCD is malignant: the 512×512 column shows the numbers without that cue.</p>"
+    )
+    return table(headers, rows) + note
+
+
+def decision_confusion(m: dict[str, Any], level: str) -> str:
+    cm = get(m, f"decision.{level}.confusion_matrix")
+    return confusion_table(cm).replace("true \\ predicted", "true \\ decided")
+
+
 def headline_table(test: dict[str, Any] | None) -> str:
+    """Secondary view: arg-max class metrics and threshold-free ranking (AUC)."""
     if not test:
         return na("test metrics not available (eval/test/metrics.json missing)")
     case = test.get("case_level") or {}
     agg = case.get("aggregation", "?")
     headers = [
-        "Metric (95% CI)",
+        "Arg-max view, not the shipped decision (95% CI)",
         f"Slices (n={fmt_value(test.get('n'))})",
         f"Scan groups (n={fmt_value(case.get('n'))}, {agg} of slices)",
     ]
@@ -85,13 +133,24 @@ def headline_table(test: dict[str, Any] | None) -> str:
 
 def operating_point(run: dict[str, Any], test: dict[str, Any] | None) -> str:
     cal = run.get("calibration") or {}
-    mvr = (test or {}).get("malignant_vs_rest") or {}
-    thr = cal.get("malignant_threshold", mvr.get("threshold"))
+    rule = run.get("decision_rule") or {}
+    s = get(test or {}, "decision.slice") or {}
     pairs = [
-        ("Malignant threshold on calibrated p(malignant)", fmt(thr)),
-        ("Chosen on validation for target sensitivity", fmt(cal.get("target_sensitivity"))),
-        ("Test sensitivity at this threshold", _ci(test or {}, "malignant_vs_rest.sensitivity")),
-        ("Test specificity at this threshold", _ci(test or {}, "malignant_vs_rest.specificity")),
+        (
+            "Malignant threshold on calibrated p(malignant)",
+            fmt(rule.get("malignant_threshold", cal.get("malignant_threshold"))),
+        ),
+        ("Benign threshold on p(benign) / (p(benign) + p(normal))", fmt(rule.get("benign_threshold", 0.5))),
+        ("Case rule", rule.get("case_aggregation", run.get("case_aggregation", NA))),
+        ("Fitted on", rule.get("fitted_on", "validation split")),
+        (
+            "Targets (held-out data)",
+            f"malignant sensitivity {fmt(cal.get('target_sensitivity'))}, "
+            f"normal recall {fmt(cal.get('target_normal_recall'))}",
+        ),
+        ("Test malignant sensitivity at this rule", _dci(s, "malignant.sensitivity")),
+        ("Test malignant specificity at this rule", _dci(s, "malignant.specificity")),
+        ("Test benign recall at this rule", _dci(s, "per_class.benign.recall")),
     ]
     return kv_table(pairs)
 
@@ -121,7 +180,9 @@ def summary_section(run: dict[str, Any], test: dict[str, Any] | None) -> str:
     ]
     ops = operating_point(run, test)
     return kv_table(pairs) + blocks(
-        ("Test metrics", headline_table(test)), ("Malignant operating point", ops)
+        ("Test split: the shipped decision", decision_table(test)),
+        ("Operating point", ops),
+        ("Test split: arg-max view and AUC (secondary)", headline_table(test)),
     )
 
 
@@ -270,11 +331,12 @@ def calibration_table(run: dict[str, Any], m: dict[str, Any]) -> str:
         for k in ("ece", "nll", "brier")
     ]
     rows += [
-        ("Validation ECE", fmt(vcal.get("val_ece_before")), fmt(vcal.get("val_ece_after"))),
-        ("Validation NLL", fmt(vcal.get("val_nll_before")), fmt(vcal.get("val_nll_after"))),
+        ("Held-out ECE (where T was fitted)", fmt(vcal.get("ece_before")), fmt(vcal.get("ece_after"))),
+        ("Held-out NLL (where T was fitted)", fmt(vcal.get("nll_before")), fmt(vcal.get("nll_after"))),
     ]
     temp = cal.get("temperature", vcal.get("temperature"))
-    return f"<p>Temperature (fit on validation): <b>{esc(fmt(temp))}</b></p>" + table(
+    where = esc(vcal.get("fitted_on", "validation split"))
+    return f"<p>Temperature (fitted on {where}): <b>{esc(fmt(temp))}</b></p>" + table(
         ["Measure", "Before (T=1)", "After temperature scaling"], rows
     )
 
@@ -294,11 +356,11 @@ def metrics_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
     n_pred = len(read_csv_rows(paths.eval_dir("test") / "predictions.csv"))
     note = f'<p class="muted">Per-slice predictions: eval/test/predictions.csv ({n_pred} rows).</p>'
     return blocks(
-        ("Per class (slices)", per_class_table(test)),
+        ("Shipped decision, slices (rows = true class)", decision_confusion(test, "slice")),
+        ("Shipped decision, scans (rows = true class)", decision_confusion(test, "case")),
+        ("Per class, arg-max view (slices)", per_class_table(test)),
         ("Binary views (slices)", binary_table(test)),
-        ("Confusion matrix (slices; rows = true class)", confusion_table(test.get("confusion_matrix"))),
-        (f"Per class (scan groups, {agg} of slices)", per_class_table(case) if case else na()),
-        ("Confusion matrix (scan groups)", confusion_table(case.get("confusion_matrix"))),
+        (f"Per class, arg-max view (scan groups, {agg} of slices)", per_class_table(case) if case else na()),
         ("Calibration", calibration_table(run, test)),
         ("Plots", plots_html(paths.eval_dir("test"), test) + note),
     )
@@ -312,9 +374,27 @@ def external_section(paths: RunPaths) -> str:
     if not found:
         return na("no external evaluation yet (run `lungct evaluate --run RUN --data DIR` to add one)")
     counts = [("Images", "n"), ("Scan groups", "n_groups"), ("Unreadable files skipped", "skipped_files")]
-    rows = [(label, *[fmt_value(m.get(key)) for _, m in found]) for label, key in counts]
-    rows += [(label, *[_ci(m, key) for _, m in found]) for label, key in _HEADLINE]
+    rows = [("Status", *[_external_status(m) for _, m in found])]
+    rows += [(label, *[fmt_value(m.get(key)) for _, m in found]) for label, key in counts]
+    rows += [
+        (f"{label} (shipped decision)", *[_dci(get(m, "decision.slice") or {}, key) for _, m in found])
+        for label, key in _DECISION_ROWS
+    ]
+    rows += [(f"{label} (arg-max view)", *[_ci(m, key) for _, m in found]) for label, key in _HEADLINE[3:4]]
     return table(["Metric (95% CI)", *[name for name, _ in found]], rows)
+
+
+def _external_status(m: dict[str, Any]) -> str:
+    """'external validation' only for a folder checked free of overlap with the run's training data."""
+    o = m.get("overlap") or {}
+    if not o.get("checked"):
+        return "overlap not checked — not external validation"
+    if o.get("leaky"):
+        return (
+            f"LEAKY: {o.get('images_with_match')} of {o.get('n_evaluated')} images match training/validation "
+            "data — not external validation"
+        )
+    return "external validation (no overlap with training/validation data)"
 
 
 def _seconds(x: Any) -> str:
@@ -348,6 +428,8 @@ def explain_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
     if not data and not exp_dir.is_dir():
         return na("not available — run `lungct explain --run RUN --data DIR` to add it")
     parts = shortcut_warnings(data) if isinstance(data, dict) else []
+    if isinstance(data, dict) and isinstance(data.get("faithfulness"), dict):
+        parts.append(faithfulness_table(data))
     parts.append(
         kv_table(_leaf_rows(data, limit=80)) if isinstance(data, dict) else na("no explanation metrics")
     )
@@ -367,6 +449,42 @@ def explain_section(paths: RunPaths, run: dict[str, Any], test: dict[str, Any] |
         "they are a plausibility check, not a localisation.</p>"
     )
     return "\n".join(parts)
+
+
+def faithfulness_table(data: dict[str, Any]) -> str:
+    """Deletion / insertion AUC per method and its difference from a random map, with CIs."""
+    f = data["faithfulness"]
+    rows = []
+    for name, v in f.items():
+        if not isinstance(v, dict) or "deletion_auc" not in v:
+            continue
+        vr = v.get("vs_random") or {}
+        rows.append(
+            (
+                name,
+                fmt(v.get("deletion_auc")),
+                fmt(v.get("insertion_auc")),
+                fmt_ci(vr.get("deletion_diff"), vr.get("deletion_diff_ci95")) if vr else NA,
+                fmt_ci(vr.get("insertion_diff"), vr.get("insertion_diff_ci95")) if vr else NA,
+            )
+        )
+    note = (
+        f'<p class="muted">{esc(data.get("sample", ""))}. Faithful maps: deletion below and insertion '
+        "above the random map (difference CI excluding 0).</p>"
+    )
+    return (
+        table(
+            [
+                "Map",
+                "Deletion AUC",
+                "Insertion AUC",
+                "Deletion − random (95% CI)",
+                "Insertion − random (95% CI)",
+            ],
+            rows,
+        )
+        + note
+    )
 
 
 SHORTCUT_LIMIT = 0.25

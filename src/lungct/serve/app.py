@@ -156,6 +156,7 @@ def _model_card(predictor: Predictor, run_dir: Path | None, explain_method: str)
             "version": predictor.version,
             "classes": list(CLASSES),
             "threshold": predictor.threshold,
+            "decision_rule": predictor.rule.to_dict(),
             "temperature": predictor.temperature,
             "preprocess": predictor.pre.to_dict(),
             "intended_use": INTENDED_USE,
@@ -230,7 +231,7 @@ def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) ->
         results.append({"index": k, "label": f"slice {k}", **_slice_fields(o), "position_mm": rel})
     top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
     return {
-        "case": case_summary(outcomes, ctx.ws.predictor.threshold),
+        "case": case_summary(outcomes, ctx.ws.predictor.rule),
         "order": basis,
         "top": [r["index"] for r in top],
         "slices": results,

@@ -9,12 +9,12 @@ from pydantic import BaseModel, Field
 DISCLAIMER = "Research use only — not a diagnosis."
 
 CASE_RULE = (
-    "Over the slices that passed the out-of-distribution guard, the case probabilities are the mean "
-    "of the slices' calibrated probabilities (the same 'mean' aggregation as the case-level test "
-    "metrics in the model card). The case is 'malignant' when mean p(malignant) is at least the "
-    "operating threshold, otherwise the likelier of 'benign' and 'normal' by mean probability. The "
-    "maximum p(malignant) and the number of slices at or above the threshold are reported beside it, "
-    "so a single suspicious slice is never hidden by the mean. No slice assessed: no decision."
+    "Over the slices that passed the out-of-distribution guard, the case probabilities are the run's "
+    "case aggregation (named in 'aggregation') of the slices' calibrated probabilities, and the case is "
+    "decided with the run's decision rule - the same rule and aggregation that the case-level test "
+    "metrics in the model card measured. The maximum p(malignant) and the number of slices at or above "
+    "the malignant threshold are reported beside it, so a single suspicious slice is never hidden. "
+    "No slice assessed: no decision."
 )
 
 
@@ -99,10 +99,12 @@ class CaseResult(BaseModel):
     decision: str | None
     decision_text: str
     rule: str = CASE_RULE
+    aggregation: str
     threshold: float
+    benign_threshold: float
     mean_malignant_probability: float | None
     max_malignant_probability: float | None
-    mean_probabilities: dict[str, float] | None
+    case_probabilities: dict[str, float] | None
     most_suspicious_slice: int | None
     n_slices: int
     n_assessed: int
@@ -129,6 +131,7 @@ class ModelCard(BaseModel):
     version: str
     classes: list[str]
     threshold: float
+    decision_rule: dict[str, Any] = Field(description="The shipped decision rule: thresholds, case rule.")
     temperature: float
     preprocess: dict[str, Any]
     intended_use: str

@@ -23,7 +23,8 @@ from lungct import CLASSES
 from lungct.data.imaging import LUNG_WINDOW, Window, decode_bytes
 from lungct.errors import ImageReadError
 from lungct.explain.cam import CMAP, explain_batch, target_layer
-from lungct.model.predictor import Prediction, Predictor, decide
+from lungct.model.decision import MALIGNANT, DecisionRule, benign_share
+from lungct.model.predictor import Prediction, Predictor
 from lungct.serve import dicomio, ood
 from lungct.serve.uploads import UnsupportedType, sniff
 
@@ -203,17 +204,24 @@ def decision_text(pred: Prediction | None, guard: ood.OODResult) -> str:
     if pred is None:
         return f"not assessed: {guard.reason or 'input outside what the model was trained on'}"
     p, t = pred.malignant_probability, pred.threshold
-    return f"{pred.decision}: p(malignant) {p:.2f} {'≥' if p >= t else '<'} threshold {t:.2f}"
+    text = f"{pred.decision}: p(malignant) {p:.2f} {'≥' if p >= t else '<'} threshold {t:.2f}"
+    if pred.decision != "malignant":
+        share, tb = float(benign_share(pred.probs)), pred.rule.benign_threshold
+        text += f"; benign share {share:.2f} {'≥' if share >= tb else '<'} benign threshold {tb:.2f}"
+    return text
 
 
-def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str, Any]:
-    """Case-level decision over assessed slices (mean aggregation, see ``schemas.CASE_RULE``).
+def case_summary(outcomes: Sequence[SliceOutcome], rule: DecisionRule) -> dict[str, Any]:
+    """Case-level decision over assessed slices with the run's rule (see ``schemas.CASE_RULE``).
 
     Slice numbers in the result are 1-based positions in ``outcomes``.
     """
+    threshold = rule.malignant_threshold
     assessed = [(k, o.prediction) for k, o in enumerate(outcomes, start=1) if o.prediction is not None]
     base = {
+        "aggregation": rule.case_aggregation,
         "threshold": threshold,
+        "benign_threshold": rule.benign_threshold,
         "n_slices": len(outcomes),
         "n_assessed": len(assessed),
         "n_not_assessed": len(outcomes) - len(assessed),
@@ -225,29 +233,30 @@ def case_summary(outcomes: Sequence[SliceOutcome], threshold: float) -> dict[str
             "decision_text": "not assessed: no slice passed the input guard",
             "mean_malignant_probability": None,
             "max_malignant_probability": None,
-            "mean_probabilities": None,
+            "case_probabilities": None,
             "most_suspicious_slice": None,
             "n_above_threshold": 0,
         }
-    pm = np.array([p.malignant_probability for _, p in assessed])
-    mean_probs = np.mean([p.probs for _, p in assessed], axis=0)
+    probs = np.stack([p.probs for _, p in assessed])
+    pm = probs[:, MALIGNANT]
+    case_probs = rule.case_probs(probs)
     k_max = assessed[int(np.argmax(pm))][0]
     n_above = int(np.sum(pm >= threshold))
-    mal = CLASSES.index("malignant")
-    decision = decide(mean_probs, threshold)
-    if decision == "malignant":
-        text = f"malignant: mean p(malignant) {mean_probs[mal]:.2f} ≥ threshold {threshold:.2f}"
-    else:
-        text = f"{decision}: mean p(malignant) {mean_probs[mal]:.2f} < threshold {threshold:.2f}"
-        if n_above:
-            text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.2f}): review them"
+    decision = rule.decide_one(case_probs)
+    how = rule.case_aggregation
+    cmp = "≥" if case_probs[MALIGNANT] >= threshold else "<"
+    text = (
+        f"{decision}: case p(malignant) {case_probs[MALIGNANT]:.2f} ({how}) {cmp} threshold {threshold:.2f}"
+    )
+    if decision != "malignant" and n_above:
+        text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.2f}): review them"
     return {
         **base,
         "decision": decision,
         "decision_text": text,
-        "mean_malignant_probability": round(float(mean_probs[mal]), 6),
+        "mean_malignant_probability": round(float(pm.mean()), 6),
         "max_malignant_probability": round(float(pm.max()), 6),
-        "mean_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, mean_probs, strict=True)},
+        "case_probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, case_probs, strict=True)},
         "most_suspicious_slice": k_max,
         "n_above_threshold": n_above,
     }

@@ -204,8 +204,8 @@ function renderStudy(data) {
     : `None of the ${c.n_slices} slices looks like an axial chest CT slice.`;
   $("case-stats").textContent = stats + (data.warnings.length ? " · " + data.warnings.join("; ") : "");
   $("case-rule").textContent = c.rule;
-  renderProbs(c.mean_probabilities, c.threshold);
-  $("probs-title").textContent = "Mean calibrated probabilities over assessed slices";
+  renderProbs(c.case_probabilities, c.threshold);
+  $("probs-title").textContent = `Case probabilities (${c.aggregation} over assessed slices)`;
   renderTop(data);
   renderTable(data);
   const first = data.top.length ? data.slices[data.top[0] - 1] : null;
@@ -319,7 +319,7 @@ async function buildReport() {
     const c = d.case;
     body += `<h2>Case result (${c.n_slices} slices, ${c.n_assessed} assessed)</h2>
       <p class="decision">${esc(c.decision_text)}</p><p class="rule">${esc(c.rule)}</p>`;
-    body += probTable(c.mean_probabilities, c.threshold);
+    body += probTable(c.case_probabilities, c.threshold);
     if (d.warnings.length) body += `<p class="warn">${d.warnings.map(esc).join("<br>")}</p>`;
     body += "<h3>Most suspicious slices</h3>";
     for (const idx of d.top.slice(0, 5)) {
