@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lungct.cli import main
@@ -52,6 +53,71 @@ def test_run_folder_describes_itself(tiny_run):
         assert key in m
     run = json.loads((tiny_run / "run.json").read_text())
     assert run["calibration"]["temperature"] > 0 and 0 <= run["calibration"]["malignant_threshold"] <= 1
+    rule = run["decision_rule"]
+    assert "out-of-fold" in rule["fitted_on"] and rule["case_aggregation"] in (
+        "mean",
+        "max",
+        "top3",
+        "noisy_or",
+    )
+    # The headline block is the shipped rule, on slices and on cases, with CIs.
+    d = m["decision"]
+    assert d["rule"] == rule and d["slice"]["n"] == m["n"] and "accuracy" in d["slice"]["ci95"]
+    cases = (tiny_run / "eval/test/cases.csv").read_text().splitlines()
+    assert cases[0].startswith("group_id,true,decision,") and len(cases) - 1 == d["case"]["n"]
+    assert "512x512 only" in m["subsets"]
+    # The finished run is what runs/latest (here: <parent>/latest) points at.
+    assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
+
+
+def test_decision_column_is_the_rule_and_metrics_count_it(tiny_run):
+    import csv
+
+    from lungct.model.decision import DecisionRule
+
+    run = json.loads((tiny_run / "run.json").read_text())
+    rule = DecisionRule.from_dict(run["decision_rule"])
+    with open(tiny_run / "eval/test/predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    decided = [
+        rule.decide_one(np.array([float(r[f"p_{c}"]) for c in ("normal", "benign", "malignant")]))
+        for r in rows
+    ]
+    assert decided == [r["decision"] for r in rows]
+    m = json.loads((tiny_run / "eval/test/metrics.json").read_text())
+    correct = sum(d == r["true"] for d, r in zip(decided, rows, strict=True))
+    assert m["decision"]["slice"]["accuracy"] == pytest.approx(correct / len(rows), abs=1e-6)
+
+
+def test_run_without_calibration_is_refused(tiny_run, phantom_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "run.json").read_text())
+    del record["calibration"], record["decision_rule"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert main(["predict", "--run", str(run), "--image", str(_one_phantom(phantom_root))]) == 2
+    assert "no calibration" in capsys.readouterr().err
+
+
+def test_tampered_weights_and_corrupt_run_json_are_refused(tiny_run, phantom_root, tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ck = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    first = next(iter(ck["state_dict"]))
+    ck["state_dict"][first] = ck["state_dict"][first] + 0.01  # a valid checkpoint, other weights
+    torch.save(ck, run / "checkpoints/best.pt")
+    img = str(_one_phantom(phantom_root))
+    assert main(["predict", "--run", str(run), "--image", img]) == 2
+    assert "SHA-256" in capsys.readouterr().err
+    shutil.copy(tiny_run / "checkpoints/best.pt", run / "checkpoints/best.pt")
+    assert main(["predict", "--run", str(run), "--image", img]) == 0
+    capsys.readouterr()
+    (run / "run.json").write_text('{"model": "small_cnn", "calib')
+    assert main(["predict", "--run", str(run), "--image", img]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_predict_text_and_json(tiny_run, phantom_root, capsys):
@@ -92,6 +158,21 @@ def test_evaluate_external_folder(tiny_run, phantom_root, tmp_path, capsys):
     )
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n"] == 63 and (tmp_path / "ev" / "roc.png").is_file()
+    # The run's own training data: every training/validation image matches, so it is labelled leaky.
+    o = m["overlap"]
+    assert o["checked"] and o["leaky"] and m["external_validation"] is False
+    assert o["exact_bytes"] == o["n_seen"] and o["near_duplicates"] >= o["n_seen"]
+    assert "LEAKY" in capsys.readouterr().out
+
+
+def test_evaluate_new_patients_is_external(tiny_run, tmp_path, capsys):
+    from lungct.data.phantoms import write_phantom_dataset
+
+    new = write_phantom_dataset(tmp_path / "new", n_patients=3, slices_per_patient=3, size=64, seed=99)
+    args = ["evaluate", "--run", str(tiny_run), "--data", str(new), "--out", str(tmp_path / "ev"), "--quiet"]
+    assert main([*args, "--n-boot", "10"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["overlap"]["images_with_match"] == 0 and m["external_validation"] is True
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,8 @@ EXPECTED_MODELS = {
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
 }
 
 

@@ -67,8 +67,42 @@ def _metrics(accuracy: float = 0.91234) -> dict:
         "n_groups": 9,
         "plots": {"confusion": "confusion.png", "roc": "roc.png"},
     }
+    m["decision"] = {
+        "rule": {
+            "malignant_threshold": 0.2345,
+            "benign_threshold": 0.41,
+            "case_aggregation": "top3",
+            "fitted_on": "out-of-fold predictions of 30 training scan groups (3 folds)",
+        },
+        "slice": {
+            "n": 50,
+            "n_groups": 9,
+            "accuracy": 0.8642,
+            "balanced_accuracy": 0.7,
+            "confusion_matrix": [[18, 1, 1], [2, 2, 1], [0, 0, 25]],
+            "per_class": {
+                c: {"recall": r} for c, r in (("normal", 0.9), ("benign", 0.4), ("malignant", 1.0))
+            },
+            "malignant": {"sensitivity": 1.0, "specificity": 0.92},
+            "abnormal": {"sensitivity": 0.93, "specificity": 0.9},
+            "ci95": {"accuracy": [0.7531, 0.9412]},
+            "ci95_method": "group bootstrap, n_boot=50, groups=9",
+        },
+        "case": {
+            "n": 9,
+            "accuracy": 0.6666,
+            "balanced_accuracy": 0.6,
+            "confusion_matrix": [[3, 0, 0], [1, 1, 0], [0, 0, 4]],
+            "per_class": {
+                c: {"recall": r} for c, r in (("normal", 1.0), ("benign", 0.5), ("malignant", 1.0))
+            },
+            "malignant": {"sensitivity": 1.0, "specificity": 1.0},
+            "abnormal": {"sensitivity": 5 / 6, "specificity": 1.0},
+            "ci95": {},
+        },
+    }
     m["case_level"] = {
-        **{k: v for k, v in m.items() if k not in ("plots", "ci95")},
+        **{k: v for k, v in m.items() if k not in ("plots", "ci95", "decision")},
         "n": 9,
         "accuracy": 0.7777,
         "ci95": {},
@@ -105,6 +139,12 @@ def _run_json(synthetic: bool = False, split_mode: str = "grouped") -> dict:
             for s in ("train", "val", "test")
         },
         "leakage": {"groups_straddling_splits": 0, "test_images_with_group_in_train": 3, "leaky": True},
+        "decision_rule": {
+            "malignant_threshold": 0.2345,
+            "benign_threshold": 0.41,
+            "case_aggregation": "top3",
+            "fitted_on": "out-of-fold predictions of 30 training scan groups (3 folds)",
+        },
         "calibration": {
             "temperature": 1.7,
             "malignant_threshold": 0.2345,
@@ -205,7 +245,10 @@ def test_full_report_contents(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
     assert "tinynet_xyz" in text
-    assert "0.912 (0.85–0.96)" in text  # accuracy with its bootstrap interval
+    assert "0.912 (0.85–0.96)" in text  # arg-max accuracy with its bootstrap interval
+    # The shipped decision comes first, with its CI, before the arg-max view.
+    assert "0.864 (0.75–0.94)" in text and text.index("0.864 (0.75–0.94)") < text.index("0.912 (0.85–0.96)")
+    assert "top3" in text and "0.410" in text and "out-of-fold predictions of 30" in text
     assert "0.778" in text  # case-level accuracy, side by side
     assert "0.654" in text  # external evaluation listed
     assert "external_site" in text

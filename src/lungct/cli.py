@@ -272,7 +272,7 @@ def cmd_predict(args) -> int:
         probs = "  ".join(f"{k} {v:.3f}" for k, v in p.to_dict()["probabilities"].items())
         print(
             f"{p.source}: {p.decision.upper()} (argmax {p.class_name}; {probs}; "
-            f"malignant threshold {p.threshold:.3f})"
+            f"malignant threshold {p.threshold:.3f}, benign threshold {p.rule.benign_threshold:.3f})"
         )
     return 0
 

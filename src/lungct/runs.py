@@ -8,9 +8,14 @@ A run folder describes itself::
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
+import os
 import platform
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +24,8 @@ from typing import Any
 import torch
 
 from lungct.errors import ModelError
+
+log = logging.getLogger("lungct")
 
 PACKAGES = (
     "torch",
@@ -108,29 +115,94 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON strictly (no NaN), creating parent folders."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename: readers see the
+    old file or the new one, never half of one (also after a kill)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON strictly (no NaN), atomically, creating parent folders."""
+    atomic_write(Path(path), json.dumps(obj, indent=2, allow_nan=False, default=str).encode())
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; ModelError with one line when it is missing or corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(
+            f"{path} is unreadable or corrupt ({type(exc).__name__}); re-run the step that wrote it"
+        ) from None
+
+
+DIGESTS = "SHA256SUMS.json"
+"""Per checkpoint folder: {file name: SHA-256} recorded when each checkpoint is written."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save a checkpoint dict (tensors, numbers, strings, lists, dicts only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Atomically save a checkpoint dict (tensors, numbers, strings, lists, dicts only) and record its
+    SHA-256 in the folder's :data:`DIGESTS` file."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+    sums_path = path.parent / DIGESTS
+    sums = json.loads(sums_path.read_text()) if sums_path.is_file() else {}
+    sums[path.name] = hashlib.sha256(buf.getvalue()).hexdigest()
+    atomic_write(sums_path, json.dumps(sums, indent=2).encode())
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """True when ``path`` matches its recorded SHA-256; False when none is recorded (older runs);
+    ModelError when it does not match (modified or corrupted after it was written)."""
+    sums_path = path.parent / DIGESTS
+    try:
+        expected = json.loads(sums_path.read_text()).get(path.name) if sums_path.is_file() else None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(
+            f"{sums_path} is corrupt ({type(exc).__name__}); cannot verify {path.name}"
+        ) from None
+    if expected is None:
+        return False
+    if sha256_file(path) != expected:
+        raise ModelError(
+            f"checkpoint {path} does not match the SHA-256 recorded when it was written: it was modified or "
+            "corrupted; refusing to load it"
+        )
+    return True
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; ModelError when missing or corrupt."""
+    """Load a checkpoint with ``weights_only=True`` after checking its recorded SHA-256; ModelError when
+    missing, modified or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path}")
+    if not verify_checkpoint(path):
+        log.warning("checkpoint %s has no recorded SHA-256 (older run): integrity not verified", path.name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe files
@@ -149,3 +221,17 @@ def find_run(run_dir: str | Path) -> RunPaths:
     if not paths.run_json.is_file() or not paths.best.is_file():
         raise ModelError(f"{root} is not a finished lungct run (needs run.json and checkpoints/best.pt)")
     return paths
+
+
+def mark_latest(run_root: Path) -> Path:
+    """Point ``<parent>/latest`` at a finished run folder (a relative symlink, replaced atomically), so
+    `python predict.py` and `python test_model.py` find the newest run. Returns the link."""
+    run_root = Path(run_root)
+    link = run_root.parent / "latest"
+    if run_root.name == "latest" or (link.exists() and not link.is_symlink()):
+        return link
+    tmp = run_root.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_root.name, target_is_directory=True)
+    os.replace(tmp, link)
+    return link

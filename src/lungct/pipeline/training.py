@@ -26,7 +26,7 @@ from lungct.model.network import build_network
 from lungct.model.predictor import Predictor
 from lungct.model.registry import get_spec
 from lungct.model.train import fit, load_images, predict_logits, set_determinism, set_threads
-from lungct.runs import RunPaths, environment, load_checkpoint, read_json, write_json
+from lungct.runs import RunPaths, environment, load_checkpoint, mark_latest, read_json, write_json
 
 log = logging.getLogger("lungct")
 
@@ -108,6 +108,7 @@ def run_training(
     run["training"]["total_seconds"] = round(time.time() - t_start, 1)
     write_json(paths.run_json, run)
     write_run_report(paths)
+    mark_latest(paths.root)
     return paths
 
 

@@ -380,7 +380,7 @@ def external_section(paths: RunPaths) -> str:
         (f"{label} (shipped decision)", *[_dci(get(m, "decision.slice") or {}, key) for _, m in found])
         for label, key in _DECISION_ROWS
     ]
-    rows += [(f"{label} (arg-max view)", *[_ci(m, key) for _, m in found]) for label, key in _HEADLINE[3:4]]
+    rows += [(f"{label} (arg-max view)", *[_ci(m, key) for _, m in found]) for label, key in _HEADLINE]
     return table(["Metric (95% CI)", *[name for name, _ in found]], rows)
 
 
