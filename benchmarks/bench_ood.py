@@ -1,4 +1,4 @@
-"""Flag rates of the workstation's out-of-distribution guard (``lungct.serve.ood``).
+"""Flag rates of the workstation's out-of-distribution guard (``lungct.data.ood``).
 
 Usage::
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.data import ood, oodsets
 from lungct.data.phantoms import make_phantom
-from lungct.serve import ood, oodsets
-from lungct.serve.service import decode_upload
+from lungct.data.slices import decode_slice as decode_upload
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"
 

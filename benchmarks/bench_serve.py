@@ -64,8 +64,8 @@ def sample_slice(data_dir: Path) -> tuple[bytes, str]:
     files = sorted(data_dir.rglob("*.jpg")) if data_dir.is_dir() else []
     if files:
         return files[len(files) // 2].read_bytes(), "a real IQ-OTH/NCCD JPEG slice"
+    from lungct.data.oodsets import encode
     from lungct.data.phantoms import make_phantom
-    from lungct.serve.oodsets import encode
 
     return encode(make_phantom("malignant", 512, 0)[0], "JPEG"), "a 512 px phantom JPEG (real data absent)"
 

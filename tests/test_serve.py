@@ -17,11 +17,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from lungct.data import dicom as dicomio
+from lungct.data import oodsets
+from lungct.data.oodsets import encode
 from lungct.data.phantoms import make_phantom
+from lungct.data.slices import decode_slice as decode_upload
 from lungct.model.predictor import Predictor
-from lungct.serve import create_app, dicomio, oodsets
-from lungct.serve.oodsets import encode
-from lungct.serve.service import Workstation, decode_upload, limit_backward
+from lungct.serve import create_app
+from lungct.serve.service import Workstation, limit_backward
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -36,7 +39,7 @@ def predictor(tiny_run) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(predictor, tiny_run) -> TestClient:
-    return TestClient(create_app(predictor, run_dir=tiny_run))
+    return TestClient(base_url="http://127.0.0.1", app=create_app(predictor, run_dir=tiny_run))
 
 
 def phantom_bytes(kind: str = "malignant", seed: int = 0, fmt: str = "PNG", size: int = 96) -> bytes:
@@ -171,7 +174,7 @@ def test_hostile_single_uploads_are_4xx(client, name, payload, status, words):
 
 
 def test_upload_size_limit(predictor):
-    c = TestClient(create_app(predictor, max_upload_mb=0.05))
+    c = TestClient(base_url="http://127.0.0.1", app=create_app(predictor, max_upload_mb=0.05))
     big = encode(np.random.default_rng(0).integers(0, 255, (400, 400), dtype=np.uint8))
     assert len(big) > 0.05 * 2**20
     r = c.post("/api/v1/predict", files={"file": ("big.png", big, "image/png")})
@@ -214,7 +217,7 @@ def test_unexpected_error_is_generic_500(predictor):
         raise RuntimeError("secret internal detail")
 
     app.state.workstation.predict = boom
-    c = TestClient(app, raise_server_exceptions=False)
+    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
     r = c.post("/api/v1/predict", files={"file": ("x.png", phantom_bytes(), "image/png")})
     assert r.status_code == 500
     assert "secret" not in r.text and "Traceback" not in r.text and "internal error" in r.json()["detail"]
@@ -276,7 +279,9 @@ def test_zip_path_traversal_refused(client):
 
 
 def test_zip_bombs_refused(predictor):
-    c = TestClient(create_app(predictor, max_upload_mb=1, max_study_mb=4, max_slices=20))
+    c = TestClient(
+        base_url="http://127.0.0.1", app=create_app(predictor, max_upload_mb=1, max_study_mb=4, max_slices=20)
+    )
     huge = zip_bytes({"zeros.png": b"\x00" * (6 * 2**20)})  # 6 MB of zeros -> a few KB compressed
     assert len(huge) < 100_000
     r = c.post("/api/v1/studies", files={"files": ("z.zip", huge, "application/zip")})
@@ -291,9 +296,9 @@ def test_zip_bombs_refused(predictor):
 
 
 def test_case_rule_mean_and_review_hint():
+    from lungct.data.ood import OODResult
     from lungct.model.decision import DecisionRule
     from lungct.model.predictor import Prediction
-    from lungct.serve.ood import OODResult
     from lungct.serve.service import Slice, SliceOutcome, case_summary
 
     def outcome(p_mal: float | None) -> SliceOutcome:
@@ -397,7 +402,7 @@ def test_openapi_lists_endpoints(client):
 
 
 def test_bearer_token(predictor):
-    c = TestClient(create_app(predictor, token="s3cret"))
+    c = TestClient(base_url="http://127.0.0.1", app=create_app(predictor, token="s3cret"))
     assert c.get("/api/v1/model").status_code == 401
     assert c.get("/api/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
     r = c.post("/api/v1/predict", files={"file": ("x.png", phantom_bytes(), "image/png")})
@@ -409,7 +414,9 @@ def test_bearer_token(predictor):
 def test_cors_off_by_default(client, predictor):
     r = client.get("/api/v1/model", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in r.headers
-    c = TestClient(create_app(predictor, cors_origins=["http://ward.example"]))
+    c = TestClient(
+        base_url="http://127.0.0.1", app=create_app(predictor, cors_origins=["http://ward.example"])
+    )
     r = c.get("/api/v1/model", headers={"Origin": "http://ward.example"})
     assert r.headers["access-control-allow-origin"] == "http://ward.example"
 

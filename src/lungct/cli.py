@@ -256,25 +256,31 @@ def cmd_predict(args) -> int:
 
     predictor = Predictor.from_run(args.run)
     preds = predictor.predict_paths(_expand(args.image))
+    refused = sum(not p.assessed for p in preds)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "model": predictor.model_name,
-                    "version": predictor.version,
-                    "predictions": [p.to_dict() for p in preds],
-                },
-                indent=2,
-            )
-        )
-        return 0
+        doc = {
+            "model": predictor.model_name,
+            "version": predictor.version,
+            "predictions": [p.to_dict() for p in preds],
+            "not_assessed": refused,
+        }
+        print(json.dumps(doc, indent=2, allow_nan=False))
+        return 1 if refused else 0
     for p in preds:
+        if not p.assessed:
+            print(f"{p.source}: NOT ASSESSED: {p.guard.reason if p.guard else 'input guard'}")
+            continue
         probs = "  ".join(f"{k} {v:.3f}" for k, v in p.to_dict()["probabilities"].items())
         print(
             f"{p.source}: {p.decision.upper()} (argmax {p.class_name}; {probs}; "
             f"malignant threshold {p.threshold:.3f}, benign threshold {p.rule.benign_threshold:.3f})"
         )
-    return 0
+    if refused:
+        print(
+            f"lungct: {refused} of {len(preds)} input(s) not assessed (not axial chest CT slices)",
+            file=sys.stderr,
+        )
+    return 1 if refused else 0
 
 
 def cmd_explain(args) -> int:

@@ -10,6 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -84,9 +85,10 @@ def decode_bytes(
     """Decode an in-memory file (type by content) to float32 (H, W) in [0, 1]."""
     if not data:
         raise ImageReadError(f"{name}: empty file")
-    if is_dicom_bytes(data[:132]):
-        return _decode_dicom(data, name, window)
-    return _decode_pil(data, name)
+    img, info = _decode_dicom(data, name, window) if is_dicom_bytes(data[:132]) else _decode_pil(data, name)
+    if not np.isfinite(img).all():
+        raise ImageReadError(f"{name}: the image has NaN or infinite pixel values")
+    return img, info
 
 
 def _decode_pil(data: bytes, name: str) -> tuple[np.ndarray, ImageInfo]:
@@ -130,7 +132,7 @@ def _pil_to_unit(im: Image.Image) -> np.ndarray:
     arr = arr.astype(np.float32)
     lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
     if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageReadError("image has non-finite pixel values")
+        raise ImageReadError("the image has NaN or infinite pixel values")
     if hi <= 1.0 and lo >= 0.0:
         return arr
     if hi <= 65535 and lo >= 0:
@@ -144,25 +146,88 @@ def _decode_dicom(data: bytes, name: str, window: Window) -> tuple[np.ndarray, I
     return window.apply(hu), info
 
 
+def _dicom_number(ds: Any, keyword: str, default: float, name: str) -> float:
+    """A numeric DICOM attribute as float; ImageReadError naming the attribute (never its value)."""
+    value = getattr(ds, keyword, None)
+    if value in (None, ""):
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ImageReadError(f"{name}: malformed DICOM attribute {keyword} (not a number)") from None
+    if not np.isfinite(out):
+        raise ImageReadError(f"{name}: malformed DICOM attribute {keyword} (not finite)")
+    return out
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+"""Deflated Explicit VR Little Endian: the whole data set is zlib-compressed."""
+
+
+def _check_dicom_size(data: bytes, name: str) -> None:
+    """Refuse DICOM data that would inflate or decode past the limits, before pydicom inflates anything.
+
+    A deflated data set is test-inflated with a bounded zlib stream (at most :data:`MAX_DICOM_BYTES`).
+    """
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception as exc:  # pydicom raises many types for a broken meta group
+        raise ImageReadError(f"{name}: unreadable DICOM file meta ({type(exc).__name__})") from None
+    if str(getattr(meta, "TransferSyntaxUID", "")) == DEFLATED:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflater.decompress(data[fp.tell() :], MAX_DICOM_BYTES)
+        except zlib.error:
+            raise ImageReadError(f"{name}: corrupt deflated DICOM data") from None
+        if inflater.unconsumed_tail:
+            raise ImageReadError(
+                f"{name}: deflated DICOM data inflates past the {MAX_DICOM_BYTES // 2**20} MiB limit"
+            )
+
+
+MAX_DICOM_BYTES = 64 * 2**20
+"""Largest inflated DICOM data set accepted (bytes)."""
+
+
 def dicom_to_hu(data: bytes, name: str = "upload") -> tuple[np.ndarray, object]:
-    """DICOM bytes -> (HU float32 (H, W), dataset). HU = stored * RescaleSlope + RescaleIntercept."""
+    """DICOM bytes -> (HU float32 (H, W), dataset). HU = stored * RescaleSlope + RescaleIntercept.
+
+    Sizes are checked before anything is inflated or decoded (see :func:`_check_dicom_size`): rows x
+    columns x frames x samples must stay within :data:`MAX_PIXELS`. Errors name the file and the
+    attribute, never a tag value.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_dicom_size(data, name)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if rows * cols > MAX_PIXELS:
-            raise ImageReadError(f"{name}: {cols}x{rows} px exceeds the {MAX_PIXELS} px limit")
+        frames = max(1, int(_dicom_number(ds, "NumberOfFrames", 1, name)))
+        samples = max(1, int(_dicom_number(ds, "SamplesPerPixel", 1, name)))
+        if rows <= 0 or cols <= 0 or rows * cols * frames * samples > MAX_PIXELS:
+            raise ImageReadError(
+                f"{name}: {cols}x{rows} px x {frames} frame(s) x {samples} sample(s) exceeds the "
+                f"{MAX_PIXELS} px limit"
+            )
         arr = ds.pixel_array
     except ImageReadError:
         raise
-    except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, RuntimeError) as exc:
-        raise ImageReadError(f"{name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+    except (InvalidDicomError, AttributeError, ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
+        raise ImageReadError(f"{name}: unreadable DICOM ({type(exc).__name__})") from None
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         arr = arr[arr.shape[0] // 2]  # multi-frame: take the middle frame
     if arr.ndim == 3:
         arr = arr[..., :3].mean(axis=-1)
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    return arr.astype(np.float32) * slope + intercept, ds
+    slope = _dicom_number(ds, "RescaleSlope", 1.0, name) or 1.0
+    intercept = _dicom_number(ds, "RescaleIntercept", 0.0, name)
+    hu = arr.astype(np.float32) * slope + intercept
+    if not np.isfinite(hu).all():
+        raise ImageReadError(f"{name}: the DICOM image has NaN or infinite pixel values")
+    return hu, ds

@@ -7,6 +7,7 @@ so its reconstructed scan groups drive the bootstrap and the case-level aggregat
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def evaluate_rows(
     square = np.array([r.width == 512 and r.height == 512 for r in rows], dtype=bool)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", [r.path for r in rows], y, groups, probs, predictor.rule)
-    return evaluate_predictions(
+    m = evaluate_predictions(
         y,
         probs,
         groups,
@@ -177,6 +178,14 @@ def evaluate_rows(
         seed=seed,
         title=title,
     )
+    flagged = [p.guard.reason for p in preds if not p.assessed and p.guard is not None]
+    m["input_guard"] = {
+        "n_flagged": len(flagged),
+        "reasons": dict(Counter(flagged)),
+        "note": "metrics include flagged images; lungct predict and the web page refuse them",
+    }
+    write_json(out_dir / "metrics.json", m)
+    return m
 
 
 def evaluate_folder(

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lungct import CLASSES
-from lungct.data.imaging import decode_bytes, read_image
+from lungct.data.ood import OODResult
+from lungct.data.slices import Slice, decode_slice, read_slice_file
 from lungct.data.transforms import Geometry, PreprocessConfig, preprocess
 from lungct.errors import ModelError
 from lungct.model.decision import MALIGNANT, DecisionRule
@@ -34,6 +35,12 @@ class Prediction:
     geometry: Geometry
     source: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    guard: OODResult | None = None
+
+    @property
+    def assessed(self) -> bool:
+        """False when the input guard flagged the slice (not an axial chest CT slice): no decision."""
+        return self.guard is None or not self.guard.flagged
 
     @property
     def label(self) -> int:
@@ -59,8 +66,17 @@ class Prediction:
         return self.rule.decide_one(self.probs)
 
     def to_dict(self) -> dict[str, Any]:
+        if not self.assessed:
+            return {
+                "source": self.source,
+                "assessed": False,
+                "decision": None,
+                "not_assessed_reason": self.guard.reason if self.guard else None,
+                **self.extras,
+            }
         return {
             "source": self.source,
+            "assessed": True,
             "class": self.class_name,
             "probabilities": {c: round(float(p), 6) for c, p in zip(CLASSES, self.probs, strict=True)},
             "malignant_probability": round(self.malignant_probability, 6),
@@ -143,25 +159,31 @@ class Predictor:
             ]
         return out
 
+    def predict_slices(self, slices: Sequence[Slice], batch_size: int = 16) -> list[Prediction]:
+        """Predict checked slices (see :mod:`lungct.data.slices`); each Prediction carries its guard verdict
+        (``assessed`` is False for a flagged slice, which then has probabilities but no decision)."""
+        out = self.predict_images([s.image for s in slices], [s.source for s in slices], batch_size)
+        for pred, s in zip(out, slices, strict=True):
+            pred.guard = s.guard
+        return out
+
     def predict_paths(
         self, paths: Sequence[str | Path], batch_size: int = 16, progress: bool = False
     ) -> list[Prediction]:
-        """Read and predict files; ImageReadError on the first unreadable one."""
+        """Read, guard and predict files; ImageReadError on the first unreadable one."""
         out: list[Prediction] = []
         bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
         for i in range(0, len(paths), batch_size):
-            chunk = [Path(p) for p in paths[i : i + batch_size]]
-            out += self.predict_images(
-                [read_image(p, self.pre.window)[0] for p in chunk], [str(p) for p in chunk], batch_size
-            )
+            chunk = [read_slice_file(p, self.pre.window) for p in paths[i : i + batch_size]]
+            out += self.predict_slices(chunk, batch_size)
             bar.update(len(chunk))
         bar.close()
         return out
 
     def predict_bytes(self, data: bytes, name: str = "upload") -> tuple[Prediction, np.ndarray]:
-        """Decode an uploaded file (type by content) and predict; returns (prediction, image)."""
-        img, _ = decode_bytes(data, name, self.pre.window)
-        return self.predict_images([img], [name])[0], img
+        """Decode and guard an uploaded file (type by content) and predict; returns (prediction, image)."""
+        s = decode_slice(data, name, self.pre.window)
+        return self.predict_slices([s])[0], s.image
 
 
 def operating_point(run: dict[str, Any], where: Path | str = "run") -> tuple[float, DecisionRule]:

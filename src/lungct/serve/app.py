@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,13 +27,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lungct import CLASSES, __version__
+from lungct.data import dicom as dicomio
+from lungct.data.slices import Slice, UnsupportedType, decode_slice, sniff
 from lungct.errors import LungctError, ModelError
 from lungct.explain.cam import METHODS
 from lungct.model.predictor import Predictor
-from lungct.serve import dicomio, schemas
-from lungct.serve.middleware import RequestGuard
-from lungct.serve.service import Slice, SliceOutcome, Workstation, case_summary, decision_text, decode_upload
-from lungct.serve.uploads import TooLarge, UnsupportedType, ZipLimits, read_zip, sniff
+from lungct.serve import schemas
+from lungct.serve.middleware import LOOPBACK_HOSTS, RequestGuard
+from lungct.serve.service import Busy, PixelBudget, SliceOutcome, Workstation, case_summary, decision_text
+from lungct.serve.uploads import TooLarge, ZipLimits, read_zip
 
 log = logging.getLogger("lungct.serve")
 
@@ -42,6 +46,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "Upload too large"),
         (415, "Unsupported file type"),
         (422, "Unreadable image or invalid request"),
+        (503, "Busy: too many decoded pixels held by other requests; retry"),
     )
 }
 INTENDED_USE = (
@@ -93,6 +98,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(request, 415, str(exc))
         if isinstance(exc, TooLarge):
             return _error(request, 413, str(exc))
+        if isinstance(exc, Busy):
+            return _error(request, 503, str(exc), {"Retry-After": "2"})
         if isinstance(exc, ModelError):
             log.error("request %s: model error: %s", getattr(request.state, "request_id", "-"), exc)
             return _error(request, 500, f"model error: {exc}")
@@ -120,6 +127,16 @@ def _token_dependency(token: str | None) -> Any:
             )
 
     return require_token
+
+
+async def _one_file(request: Request) -> None:
+    """/predict takes exactly one part named 'file' (a second one is an error, not silently ignored)."""
+    form = await request.form()
+    n = len(form.getlist("file"))
+    if n != 1:
+        raise HTTPException(
+            422, f"send exactly one file in the form field 'file' (got {n}); use /studies for several"
+        )
 
 
 def _slice_fields(o: SliceOutcome) -> dict[str, Any]:
@@ -213,13 +230,22 @@ class _Context:
     per_file: int
     limits: ZipLimits
     max_slices: int
+    budget: PixelBudget
 
 
 def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) -> dict[str, Any]:
     blobs = _read_study(files, ctx.per_file, ctx.limits, ctx.max_slices)
-    decoded = [
-        decode_upload(b, f"file {k}", ctx.ws.predictor.pre.window) for k, b in enumerate(blobs, start=1)
-    ]
+    with ctx.budget.request() as take:
+        return _decoded_study(ctx, blobs, take, explain_top)
+
+
+def _decoded_study(ctx: _Context, blobs: list[bytes], take: Any, explain_top: int) -> dict[str, Any]:
+    decoded = []
+    for k in range(len(blobs)):
+        s = decode_slice(blobs[k], f"file {k + 1}", ctx.ws.predictor.pre.window)
+        blobs[k] = b""  # the bytes are no longer needed once decoded
+        take(s.image.size)
+        decoded.append(s)
     order, basis = dicomio.series_order([s.dicom for s in decoded])
     slices = [decoded[i] for i in order]
     outcomes = ctx.ws.predict_many(slices, explain_top)
@@ -243,16 +269,22 @@ def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) ->
 def _api_router(ctx: _Context, token: str | None) -> APIRouter:
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(_token_dependency(token))], responses=ERRORS)
 
-    @api.post("/predict", response_model=schemas.PredictResponse, summary="Classify one slice")
+    @api.post(
+        "/predict",
+        response_model=schemas.PredictResponse,
+        summary="Classify one slice",
+        dependencies=[Depends(_one_file)],
+    )
     def predict(
         request: Request,
         file: Annotated[UploadFile, File(description="One image or DICOM file.")],
         explain: Annotated[bool, Query(description="Add Grad-CAM images.")] = True,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        outcome = ctx.ws.predict(
-            decode_upload(file.file.read(), window=ctx.ws.predictor.pre.window), explain=explain
-        )
+        with ctx.budget.request() as take:
+            s = decode_slice(file.file.read(), window=ctx.ws.predictor.pre.window)
+            take(s.image.size)
+            outcome = ctx.ws.predict(s, explain=explain)
         return {
             "request_id": request.state.request_id,
             "threshold": ctx.ws.predictor.threshold,
@@ -292,6 +324,19 @@ def _add_page(app: FastAPI, model_ref: dict[str, str]) -> None:
         return FileResponse(str(static / "index.html"), media_type="text/html")
 
 
+def _thread_limit(n: int) -> Any:
+    """Lifespan that bounds the worker-thread pool in which the sync endpoints run to ``n`` threads."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = n
+        yield
+
+    return lifespan
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -302,6 +347,10 @@ def create_app(
     max_study_mb: float = 200,
     max_slices: int = 500,
     run_dir: str | Path | None = None,
+    allowed_hosts: list[str] | None = None,
+    max_request_mpx: float = 160,
+    max_inflight_mpx: float = 320,
+    max_concurrent: int = 8,
 ) -> FastAPI:
     """The workstation app around an already loaded predictor.
 
@@ -309,7 +358,10 @@ def create_app(
     request limit for /studies and total unpacked size of a zip; ``max_slices``: slices per study;
     ``token``: bearer token required on /api/* (None: open); ``cors_origins``: allowed
     cross-origin callers (None: no CORS headers); ``run_dir``: run folder, for
-    eval/test/metrics.json in the model card.
+    eval/test/metrics.json in the model card; ``allowed_hosts``: Host header names served (default:
+    loopback names; ``["*"]`` disables the check); ``max_request_mpx`` / ``max_inflight_mpx``: decoded
+    megapixels one request may hold (413 beyond) and all requests together (503 beyond);
+    ``max_concurrent``: requests worked on at once (the worker-thread pool; others wait).
     """
     if explain_method not in METHODS:
         raise LungctError(
@@ -324,6 +376,7 @@ def create_app(
         per_file=per_file,
         limits=ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study),
         max_slices=max_slices,
+        budget=PixelBudget(int(max_request_mpx * 1e6), int(max_inflight_mpx * 1e6)),
     )
     app = FastAPI(
         title="lungct workstation",
@@ -332,6 +385,7 @@ def create_app(
         redoc_url=None,
         description="Lung CT slice classification with calibrated probabilities and Grad-CAM. "
         + schemas.DISCLAIMER,
+        lifespan=_thread_limit(max_concurrent),
     )
     app.state.workstation = ctx.ws
     _install_error_handlers(app)
@@ -347,7 +401,12 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(RequestGuard, limits={"/api/v1/predict": per_file, "/api/v1/studies": per_study})
+    app.add_middleware(
+        RequestGuard,
+        limits={"/api/v1/predict": per_file, "/api/v1/studies": per_study},
+        allowed_hosts=tuple(allowed_hosts) if allowed_hosts else LOOPBACK_HOSTS,
+        allowed_origins=tuple(cors_origins or ()),
+    )
     return app
 
 
@@ -366,6 +425,8 @@ def serve(
     explain_method: str = "gradcam",
     threads: int | None = None,
     log_level: str = "info",
+    allowed_hosts: list[str] | None = None,
+    max_concurrent: int = 8,
 ) -> None:
     """Load the run's model once and serve the workstation with uvicorn (one worker) until stopped."""
     import torch
@@ -383,7 +444,10 @@ def serve(
         cors_origins=cors_origins,
         explain_method=explain_method,
         run_dir=run_dir,
+        allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *([] if host in LOOPBACK else [host])],
+        max_concurrent=max_concurrent,
     )
+
     config = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["lungct"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
     if host not in LOOPBACK and token is None:

@@ -11,7 +11,8 @@ import base64
 import functools
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,28 +21,59 @@ from matplotlib import colormaps
 from PIL import Image
 
 from lungct import CLASSES
-from lungct.data.imaging import LUNG_WINDOW, Window, decode_bytes
-from lungct.errors import ImageReadError
+from lungct.data import ood
+from lungct.data.slices import Slice
+from lungct.errors import LungctError
 from lungct.explain.cam import CMAP, explain_batch, target_layer
 from lungct.model.decision import MALIGNANT, DecisionRule, benign_share
 from lungct.model.predictor import Prediction, Predictor
-from lungct.serve import dicomio, ood
-from lungct.serve.uploads import UnsupportedType, sniff
+from lungct.serve.uploads import TooLarge
+
+
+class Busy(LungctError):
+    """The server holds its maximum of decoded pixels for other requests (HTTP 503, retry later)."""
+
+
+class PixelBudget:
+    """Bounds decoded pixels: per request (413 beyond it) and held by all requests at once (503).
+
+    A request takes pixels as it decodes slices and gives them all back when it ends, so memory for
+    decoded images stays below ``in_flight`` pixels x 4 bytes (float32) plus one image being decoded.
+    """
+
+    def __init__(self, per_request: int, in_flight: int) -> None:
+        self.per_request, self.in_flight = int(per_request), int(in_flight)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def request(self) -> Iterator[Callable[[int], None]]:
+        """Context for one request; yields ``take(n_pixels)`` (raises TooLarge or Busy)."""
+        held = 0
+
+        def take(n: int) -> None:
+            nonlocal held
+            if held + n > self.per_request:
+                raise TooLarge(
+                    f"decoded images exceed the {self.per_request / 1e6:.0f} megapixel limit of one request"
+                )
+            with self._lock:
+                if self.used + n > self.in_flight:
+                    raise Busy("the server is busy with other large requests; retry in a moment")
+                self.used += n
+            held += n
+
+        try:
+            yield take
+        finally:
+            with self._lock:
+                self.used -= held
+
 
 DISPLAY_MAX_SIDE = 1024
 """Images returned for display are downsampled to at most this many px on the longer side."""
 
 OVERLAY_ALPHA = 0.4
-
-
-@dataclass
-class Slice:
-    """One decoded upload. ``image``: float32 (H, W) in [0, 1]; ``dicom``: header facts or None."""
-
-    image: np.ndarray
-    format: str
-    guard: ood.OODResult
-    dicom: dicomio.DicomSlice | None = None
 
 
 @dataclass
@@ -51,21 +83,6 @@ class SliceOutcome:
     slice: Slice
     prediction: Prediction | None
     explanation: dict[str, str] | None = None
-
-
-def decode_upload(data: bytes, label: str = "upload", window: Window = LUNG_WINDOW) -> Slice:
-    """Bytes -> :class:`Slice` (type by content). Raises UnsupportedType / ImageReadError."""
-    kind = sniff(data)
-    if kind == "zip":
-        raise UnsupportedType(f"{label}: a zip archive; send it as a study (POST /api/v1/studies)")
-    if kind == "dicom":
-        ds = dicomio.read_slice(data, label, window)
-        guard = ood.check_dicom(ds.hu, ds.modality, ds.axial, ds.localizer, ds.colour)
-        return Slice(ds.image, "DICOM", guard, ds)
-    img, info = decode_bytes(data, label)
-    if img.ndim != 2:
-        raise ImageReadError(f"{label}: expected a single 2-D image, got shape {img.shape}")
-    return Slice(img, info.format, ood.check_image(data, img))
 
 
 def png_b64(arr: np.ndarray, mode: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 Every generator returns a list of encoded files (``bytes``: PNG or JPEG), because the guard looks at
 the upload as sent (colour is checked before grey conversion). Sets are seeded and small; they exist
-to put a number on :mod:`lungct.serve.ood`, not to train anything.
+to put a number on :mod:`lungct.data.ood`, not to train anything.
 """
 
 from __future__ import annotations

@@ -92,12 +92,20 @@ def read_slice(data: bytes, name: str = "upload", window: Window = LUNG_WINDOW) 
         hu=hu,
         modality=str(ds.Modality) if getattr(ds, "Modality", None) else None,
         position=position,
-        instance=int(instance) if instance not in (None, "") else None,
+        instance=_int_or_none(instance),
         axial=None if normal is None else bool(abs(normal[2]) >= 0.82),
         localizer=any(t in ("LOCALIZER", "SCOUT", "TOPOGRAM") for t in image_type),
         colour=not photometric.startswith("MONOCHROME"),
         series_key=str(series) if series else None,
     )
+
+
+def _int_or_none(value: object) -> int | None:
+    """An integer attribute, or None when missing or malformed (e.g. a non-numeric InstanceNumber)."""
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
 
 
 def _floats(value: object, n: int) -> np.ndarray | None:
@@ -156,5 +164,5 @@ def deidentify(ds: Dataset) -> Dataset:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.remove_private_tags()
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "lungct.serve.dicomio.deidentify"
+    ds.DeidentificationMethod = "lungct.data.dicom.deidentify"
     return ds

@@ -20,7 +20,7 @@ resized to 128 px, contrast-stretched and smoothed, its bright pixels, and their
 7. ``lung_contrast`` - lung brightness between outside air (0) and body tissue (1).
 
 The thresholds (:data:`THRESHOLDS`) were set from the measured distributions on phantoms, the
-IQ-OTH/NCCD development subset and the generated/bundled non-CT sets of :mod:`lungct.serve.oodsets`,
+IQ-OTH/NCCD development subset and the generated/bundled non-CT sets of :mod:`lungct.data.oodsets`,
 with the margins reported by ``benchmarks/bench_ood.py``.
 
 DICOM uploads carry calibrated Hounsfield units and their own header, so they are checked by
