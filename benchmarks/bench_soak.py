@@ -4,12 +4,13 @@
 
 The server (uvicorn, one worker) runs in a child process on 127.0.0.1 (the same one
 benchmarks/bench_serve.py starts). ``--clients`` threads send ``--requests`` requests in total, a share
-``--hostile`` of them hostile (status 299 below = HTTP 200 "not assessed"; garbage bytes, a zip of junk, a NaN TIFF, a deflate-bomb DICOM, a blank
+``--hostile`` of them hostile (garbage bytes, a zip of junk, a NaN TIFF, a deflate-bomb DICOM, a blank
 6000 px PNG, a wrong Host header, a cross-origin POST, two files in one field); the rest are good
 slices (real IQ-OTH/NCCD JPEGs when the subset is present, else phantoms) with Grad-CAM. Prints p50 and
 p95 latency per kind, good requests that failed (target 0), hostile requests answered with anything
 but a 4xx/503 (target 0), and the server's resident memory at start, middle and end (target: flat
-within 10 % from the middle on). All traffic stays on 127.0.0.1 and the run is bounded in count.
+within 10 % from the middle on). Status 299 in the output means HTTP 200 with "assessed": false (the
+input guard refused to diagnose it). All traffic stays on 127.0.0.1 and the run is bounded in count.
 """
 
 from __future__ import annotations
