@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /api/*")
     p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        help="Host header name to serve besides the loopback names (repeatable; '*' disables the check)",
+    )
+    p.add_argument(
+        "--cors-origin", action="append", default=None, help="origin allowed to call the API (repeatable)"
+    )
+    p.add_argument("--max-concurrent", type=int, default=8, help="requests worked on at once")
 
     sub.add_parser("models", help="list the model registry")
 
@@ -303,7 +313,16 @@ def cmd_explain(args) -> int:
 def cmd_serve(args) -> int:
     from lungct.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, token=args.token, max_upload_mb=args.max_upload_mb)
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        max_upload_mb=args.max_upload_mb,
+        cors_origins=args.cors_origin,
+        allowed_hosts=args.allowed_host,
+        max_concurrent=args.max_concurrent,
+    )
     return 0
 
 
