@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt"
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="train with N processes (DistributedDataParallel via torchrun; gloo on CPU, nccl on GPUs)",
     )
     _add_train_options(p)
 
@@ -201,14 +208,65 @@ def cmd_audit(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from lungct.model import distributed
     from lungct.pipeline.training import run_training
 
+    if args.nproc and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _relaunch_with_torchrun(args.nproc)
+    if distributed.init_from_env():
+        return _train_distributed(args)
     saved = Path(args.out) / "config.yaml"
     if args.resume and not args.config and saved.is_file():
         args.config = str(saved)  # resume with the run's own settings; options given now still win
     cfg = _config_from_args(args)
     paths = run_training(cfg, args.out, resume=args.resume, progress=not args.quiet)
     _print_summary(paths.root)
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    """``lungct train --nproc N ...`` = ``torchrun --standalone --nproc-per-node N -m lungct train ...``."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call([*cmd, "-m", "lungct", *rest])
+
+
+def _train_distributed(args) -> int:
+    """One process of a torchrun job: rank 0 writes the run folder, the others a temporary one."""
+    import os
+    import tempfile
+
+    from lungct.errors import ConfigError
+    from lungct.model import distributed
+    from lungct.pipeline.training import run_training
+
+    if args.resume:
+        raise ConfigError("--resume is not supported with several processes; resume with one process")
+    cfg = _config_from_args(args)
+    if cfg.threads is None:  # share the cores between the processes
+        cfg = replace(cfg, threads=max(1, (os.cpu_count() or 1) // distributed.world_size()))
+    try:
+        if distributed.rank() == 0:
+            paths = run_training(cfg, args.out, resume=args.resume, progress=not args.quiet)
+            _print_summary(paths.root)
+        else:
+            with tempfile.TemporaryDirectory(prefix="lungct-rank") as tmp:
+                run_training(cfg, Path(tmp) / "run", progress=False)
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from lungct import CLASSES
 from lungct.config import TrainConfig
 from lungct.data.imaging import read_image
 from lungct.data.transforms import Augment, PreprocessConfig, preprocess
+from lungct.errors import ConfigError
+from lungct.model import distributed
 from lungct.runs import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("lungct")
@@ -204,13 +206,21 @@ def fit(
     """
     model = model.to(memory_format=torch.channels_last)
     ds = SliceDataset(train[0], train[1], Augment() if cfg.augment else None)
-    sampler = None
+    n_proc = distributed.world_size()
+    sampler: Sampler | None = None
     if cfg.balance == "sampler":
+        if n_proc > 1:
+            raise ConfigError("balance=sampler is not supported with several processes; use weights or none")
         w = class_weights(train[1])[torch.as_tensor(train[1])]
         sampler = WeightedRandomSampler(w.double(), num_samples=len(ds), replacement=True)
+    elif n_proc > 1:  # each process sees its own shard; the global batch stays cfg.batch_size
+        sampler = DistributedSampler(
+            ds, n_proc, distributed.rank(), shuffle=True, seed=cfg.seed, drop_last=True
+        )
+    batch = max(1, cfg.batch_size // n_proc)
     loader = DataLoader(
         ds,
-        batch_size=cfg.batch_size,
+        batch_size=batch,
         shuffle=sampler is None,
         sampler=sampler,
         drop_last=len(ds) > cfg.batch_size,
@@ -227,9 +237,12 @@ def fit(
     if resume and ckpt_last.is_file():
         state = _restore(ckpt_last, model, opt, sched)
         log.info("resumed from %s at epoch %d", ckpt_last, state.epoch)
+    trained = distributed.wrap(model)  # the plain ``model`` shares its parameters: checkpoints use it
     t0 = time.time()
     while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
-        row = _run_epoch(model, loader, opt, sched, loss_fn, state.epoch, cfg, progress)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(state.epoch)
+        row = _run_epoch(trained, loader, opt, sched, loss_fn, state.epoch, cfg, progress)
         if val is not None:
             v_loss, v_acc, v_bacc = _val_stats(model, val[0], val[1], loss_fn, 2 * cfg.batch_size)
             row.update(val_loss=v_loss, val_accuracy=v_acc, val_balanced_accuracy=v_bacc)
@@ -257,7 +270,7 @@ def fit(
             v_bacc,
             " *" if improved else "",
         )
-        if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes:
+        if distributed.any_rank(bool(cfg.max_minutes) and (time.time() - t0) / 60 > cfg.max_minutes):
             log.warning("stopping early: max_minutes=%.1f reached", cfg.max_minutes)
             break
     return state
