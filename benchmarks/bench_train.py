@@ -50,27 +50,44 @@ def inference_speed(run_dir: Path, threads: int = 2) -> dict[str, float]:
 
 
 def headline(run_dir: Path) -> dict:
+    """The shipped decision on the test split (slices, scans, 512x512 only), then the arg-max view."""
     m = read_json(run_dir / "eval" / "test" / "metrics.json")
     run = read_json(run_dir / "run.json")
-    pc, mal = m["per_class"], m["malignant_vs_rest"]
+    s, c = m["decision"]["slice"], m["decision"]["case"]
+    sq = m["subsets"]["512x512 only"]
     return {
         "n_test": m["n"],
-        "accuracy": m["accuracy"],
-        "balanced_accuracy": m["balanced_accuracy"],
+        "decision_rule": run["decision_rule"],
+        "temperature": run["calibration"]["temperature"],
+        "accuracy": s["accuracy"],
+        "ci95_accuracy": s["ci95"].get("accuracy"),
+        "balanced_accuracy": s["balanced_accuracy"],
+        "recall": {k: v["recall"] for k, v in s["per_class"].items()},
+        "ci95_benign_recall": s["ci95"].get("per_class.benign.recall"),
+        "malignant": s["malignant"],
+        "ci95_malignant_specificity": s["ci95"].get("malignant.specificity"),
+        "abnormal": s["abnormal"],
+        "case": {
+            "n": c["n"],
+            "accuracy": c["accuracy"],
+            "abnormal": c["abnormal"],
+            "cm": c["confusion_matrix"],
+        },
+        "square_512": {
+            "n": sq["n"],
+            "accuracy": sq["decision"]["slice"]["accuracy"],
+            "malignant": sq["decision"]["slice"]["malignant"],
+            "malignant_auc": sq["malignant_auc"],
+        },
+        "argmax_accuracy": m["accuracy"],
         "macro_auc": m["macro_auc"],
-        "benign_recall": pc["benign"]["sensitivity"],
-        "normal_recall": pc["normal"]["sensitivity"],
-        "malignant_sensitivity": mal["sensitivity"],
-        "malignant_specificity": mal["specificity"],
-        "malignant_threshold": mal["threshold"],
+        "malignant_auc": m["malignant_vs_rest"]["auc"],
+        "abnormal_auc": m["abnormal_vs_normal"]["auc"],
+        "benign_auc": m["per_class"]["benign"]["auc"],
         "ece_after": m["calibration"]["ece"],
         "ece_before": m["calibration"].get("before", {}).get("ece"),
-        "ci95_accuracy": m["ci95"].get("accuracy"),
-        "case_accuracy": m["case_level"]["accuracy"],
-        "case_n": m["case_level"]["n"],
         "train_fit_seconds": run["training"]["fit_seconds"],
-        "total_seconds": run["training"]["total_seconds"],
-        "epochs_run": run["training"]["epochs_run"],
+        "total_seconds": run["training"].get("total_seconds"),
         "pretrained": run["pretrained"]["source"],
         "leakage": run.get("leakage"),
     }
@@ -81,11 +98,17 @@ def main() -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--skip-random", action="store_true")
+    ap.add_argument("--measure", nargs="*", default=None, help="only measure these finished run folders")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         print(f"data folder {args.data} not found; pass --data", file=sys.stderr)
         return 2
+    if args.measure is not None:
+        for run in args.measure:
+            print(f"== {run} ==")
+            print(json.dumps({**headline(Path(run)), **inference_speed(Path(run))}, indent=2, default=str))
+        return 0
     extra = dict(kv.split("=", 1) for kv in args.overrides)
     results = {}
     for split in ("grouped",) if args.skip_random else ("grouped", "random"):
