@@ -28,14 +28,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq
 
 
 def inference_speed(run_dir: Path, threads: int = 2) -> dict[str, float]:
-    """Batched throughput (slices/s, batch 16) and single-slice latency (ms, p50/p95) on decoded slices."""
+    """Throughput (slices/s, the Predictor's default batch) and one-slice latency (ms, p50/p95)."""
     torch.set_num_threads(threads)
     pred = Predictor.from_run(run_dir)
     rng = np.random.default_rng(0)
     imgs = [rng.random((512, 512), dtype=np.float32) for _ in range(64)]  # decoded 512 px slices
     pred.predict_images(imgs[:8])  # warm-up
     t = time.perf_counter()
-    pred.predict_images(imgs, batch_size=16)
+    pred.predict_images(imgs)
     batched = len(imgs) / (time.perf_counter() - t)
     lat = []
     for im in imgs[:30]:

@@ -33,7 +33,7 @@ class TrainConfig:
     class_map: dict[str, str] | None = None
     model: str = "efficientnet_lite0"
     pretrained: str = "auto"
-    image_size: int | None = None  # None: the model spec's input size
+    image_size: int | None = 320  # px; None: the model spec's input size. 320 won the lever study
     epochs: int = 6
     batch_size: int = 32
     lr: float = 3e-4

@@ -145,7 +145,7 @@ class Predictor:
         return torch.softmax(logits / self.temperature, dim=1).numpy()
 
     def predict_images(
-        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, batch_size: int = 16
+        self, images: Sequence[np.ndarray], sources: Sequence[str] | None = None, batch_size: int = 2
     ) -> list[Prediction]:
         """Predict decoded (H, W) [0, 1] images in batches."""
         sources = list(sources) if sources is not None else [""] * len(images)
@@ -159,7 +159,7 @@ class Predictor:
             ]
         return out
 
-    def predict_slices(self, slices: Sequence[Slice], batch_size: int = 16) -> list[Prediction]:
+    def predict_slices(self, slices: Sequence[Slice], batch_size: int = 2) -> list[Prediction]:
         """Predict checked slices (see :mod:`lungct.data.slices`); each Prediction carries its guard verdict
         (``assessed`` is False for a flagged slice, which then has probabilities but no decision)."""
         out = self.predict_images([s.image for s in slices], [s.source for s in slices], batch_size)
@@ -168,7 +168,7 @@ class Predictor:
         return out
 
     def predict_paths(
-        self, paths: Sequence[str | Path], batch_size: int = 16, progress: bool = False
+        self, paths: Sequence[str | Path], batch_size: int = 2, progress: bool = False
     ) -> list[Prediction]:
         """Read, guard and predict files; ImageReadError on the first unreadable one."""
         out: list[Prediction] = []
