@@ -30,13 +30,12 @@ files numbered n and n+1 fall into different groups.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,12 +48,12 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from lungct import CLASSES, __version__
-from lungct.data.discovery import list_dataset
-from lungct.errors import DataError, ImageReadError
-from lungct.data.body import find_body
 from lungct.data.audit_report import audit_warnings, write_audit
+from lungct.data.body import find_body
+from lungct.data.discovery import list_dataset
 from lungct.data.imaging import decode_bytes
-from lungct.data.manifest import AuditResult, ManifestRow, read_manifest, write_manifest
+from lungct.data.manifest import AuditResult, ManifestRow
+from lungct.errors import DataError, ImageReadError
 
 log = logging.getLogger("lungct")
 
@@ -457,7 +456,7 @@ def run_audit(
     root: Path, class_map: dict[str, str] | None = None, out_dir: Path | None = None, progress: bool = True
 ) -> AuditResult:
     """Audit the dataset under ``root``; write manifest.csv, audit.json, audit.md (+ PNGs) to ``out_dir``."""
-    
+
     t0 = time.time()
     root = Path(root)
     rows, feats, skipped = _scan(root, class_map, progress)

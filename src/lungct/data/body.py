@@ -111,4 +111,9 @@ def body_bbox(img: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))
     m = round(margin * max(h, w))
-    return max(0, int(ys[0]) - m), min(h, int(ys[-1]) + 1 + m), max(0, int(xs[0]) - m), min(w, int(xs[-1]) + 1 + m)
+    return (
+        max(0, int(ys[0]) - m),
+        min(h, int(ys[-1]) + 1 + m),
+        max(0, int(xs[0]) - m),
+        min(w, int(xs[-1]) + 1 + m),
+    )

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lungct import CLASSES
-from lungct.errors import DataError
 from lungct.data.imaging import IMAGE_SUFFIXES
+from lungct.errors import DataError
 
 log = logging.getLogger("lungct")
 

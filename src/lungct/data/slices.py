@@ -65,7 +65,9 @@ def decode_slice(data: bytes, label: str = "upload", window: Window = LUNG_WINDO
     except ImageReadError as exc:
         raise type(exc)(f"{label}: {exc}") from None
     if kind == "zip":
-        raise UnsupportedType(f"{label}: a zip archive, not one slice; send it as a study (POST /api/v1/studies)")
+        raise UnsupportedType(
+            f"{label}: a zip archive, not one slice; send it as a study (POST /api/v1/studies)"
+        )
     if kind == "dicom":
         ds = dicom.read_slice(data, label, window)
         guard = ood.check_dicom(ds.hu, ds.modality, ds.axial, ds.localizer, ds.colour)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from lungct.errors import ConfigError
 from lungct.data.body import body_bbox
 from lungct.data.imaging import Window
+from lungct.errors import ConfigError
 
 
 @dataclass(frozen=True)
