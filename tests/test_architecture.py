@@ -13,6 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "lungct"
 LAYERS = {
     "lungct": 0,
     "lungct.errors": 0,
+    "lungct.fileio": 0,
     "lungct.config": 1,
     "lungct.runs": 1,
     "lungct.data": 2,

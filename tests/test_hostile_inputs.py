@@ -254,3 +254,39 @@ def test_unexpected_errors_are_500_with_security_headers(tiny_run: Path) -> None
     r = TestClient(app, base_url=URL, raise_server_exceptions=False).get("/boom")
     assert r.status_code == 500 and "secret" not in r.text
     assert r.headers.get("x-content-type-options") == "nosniff" and "content-security-policy" in r.headers
+
+
+def test_stalled_upload_is_cut_off_with_408(tiny_run: Path) -> None:
+    import asyncio
+
+    app = create_app(Predictor.from_run(tiny_run), body_timeout_s=0.3)
+    sent: list[dict] = []
+    first = {"done": False}
+
+    async def receive() -> dict:
+        if not first["done"]:
+            first["done"] = True
+            return {"type": "http.request", "body": b"--b\r\n", "more_body": True}
+        await asyncio.sleep(30)  # the client stalls
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/predict",
+        "raw_path": b"/api/v1/predict",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"multipart/form-data; boundary=b")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    assert (b"x-content-type-options", b"nosniff") in start["headers"]

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from lungct.errors import ConfigError
+from lungct.fileio import atomic_text
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "split": ("grouped", "random"),
@@ -157,4 +158,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the config as YAML (readable, and loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

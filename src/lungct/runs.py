@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from lungct.errors import ModelError
+from lungct.fileio import atomic_write
 
 log = logging.getLogger("lungct")
 
@@ -113,23 +113,6 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "packages": versions,
     }
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename: readers see the
-    old file or the new one, never half of one (also after a kill)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from lungct import CLASSES
 from lungct.data.manifest import AuditResult, write_manifest
+from lungct.fileio import atomic_text
 
 
 def audit_warnings(s: dict[str, Any], size_table: dict[str, dict[str, int]]) -> list[str]:
@@ -58,8 +59,8 @@ def write_audit(result: AuditResult, out_dir: Path, nn: dict[str, np.ndarray] | 
     write_manifest(result.rows, out_dir / "manifest.csv")
     s = result.summary
     s["figures"] = _figures(s, out_dir, nn)
-    (out_dir / "audit.json").write_text(json.dumps(s, indent=2, allow_nan=False), encoding="utf-8")
-    (out_dir / "audit.md").write_text(render_markdown(s), encoding="utf-8")
+    atomic_text(out_dir / "audit.json", json.dumps(s, indent=2, allow_nan=False))
+    atomic_text(out_dir / "audit.md", render_markdown(s))
 
 
 def _figures(s: dict[str, Any], out_dir: Path, nn: dict[str, np.ndarray] | None) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from lungct import CLASSES
 from lungct.errors import DataError
+from lungct.fileio import atomic_text_writer
 
 
 @dataclass
@@ -48,7 +49,7 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> Path:
     """Write rows as CSV (header :data:`CSV_HEADER`; ``class`` holds ``class_name``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_text_writer(path) as f:
         w = csv.writer(f)
         w.writerow(CSV_HEADER)
         for r in rows:

@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from lungct import CLASSES
 from lungct.data.manifest import ManifestRow
 from lungct.errors import ConfigError, DataError
+from lungct.fileio import atomic_text_writer
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 N_TRIALS = 200
@@ -172,7 +173,7 @@ def write_split(path: Path, rows: list[ManifestRow], assignment: Sequence[str]) 
         raise DataError(f"split has {len(assignment)} entries for {len(rows)} images")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_text_writer(path) as f:
         w = csv.writer(f)
         w.writerow(("path", "label", "class", "group_id", "split"))
         for r, s in zip(rows, assignment, strict=True):

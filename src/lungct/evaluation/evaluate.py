@@ -18,6 +18,7 @@ from lungct.evaluation.decision_metrics import decision_metrics
 from lungct.evaluation.metrics import aggregate_cases, classification_metrics, point_metrics, softmax
 from lungct.evaluation.overlap import check_overlap
 from lungct.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
+from lungct.fileio import atomic_text_writer
 from lungct.model.decision import DecisionRule
 from lungct.model.predictor import Predictor
 from lungct.runs import write_json
@@ -122,7 +123,7 @@ def write_cases(
     path: Path, ids: np.ndarray, cy: np.ndarray, cp: np.ndarray, rule: DecisionRule, n_slices: list[int]
 ) -> None:
     """One CSV row per case: group id, true class, the shipped case decision, case probabilities, slices."""
-    with open(path, "w", newline="") as fh:
+    with atomic_text_writer(path) as fh:
         w = csv.writer(fh)
         w.writerow(["group_id", "true", "decision", *[f"p_{c}" for c in CLASSES], "n_slices"])
         for g, t, p, n in zip(ids, cy, cp, n_slices, strict=True):
@@ -134,7 +135,7 @@ def write_predictions(
 ) -> None:
     """One CSV row per slice: path, true class, group, probabilities, arg-max and the shipped decision."""
     decided = rule.decide(probs)
-    with open(path, "w", newline="") as fh:
+    with atomic_text_writer(path) as fh:
         w = csv.writer(fh)
         w.writerow(["path", "true", "group_id", *[f"p_{c}" for c in CLASSES], "predicted", "decision"])
         for s, t, g, p, d in zip(sources, y, groups, probs, decided, strict=True):

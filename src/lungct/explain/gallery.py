@@ -35,6 +35,7 @@ from lungct.explain.cam import (
     prepare_all,
 )
 from lungct.explain.checks import POINTING_TOLERANCE, faithfulness_prepared, pointing_scores, shortcut_energy
+from lungct.fileio import atomic_text
 from lungct.model.predictor import Prediction, Predictor
 from lungct.model.registry import get_spec
 from lungct.runs import RunPaths, find_run, read_json, write_json
@@ -149,7 +150,7 @@ def _gallery(out: Path, cards: list[tuple[_Item, Prediction, dict[str, str]]], r
         "true class (the thresholded decision is shown beside it)."
     )
     page = _PAGE.format(intro=_esc(intro), body=body, checks=_esc(json.dumps(checks, indent=1)))
-    (out / "gallery.html").write_text(page, encoding="utf-8")
+    atomic_text(out / "gallery.html", page)
     return "gallery.html"
 
 

@@ -29,6 +29,7 @@ from lungct.config import TrainConfig
 from lungct.data.imaging import read_image
 from lungct.data.transforms import Augment, PreprocessConfig, preprocess
 from lungct.errors import ConfigError
+from lungct.fileio import atomic_text_writer
 from lungct.model import distributed
 from lungct.runs import load_checkpoint, save_checkpoint
 
@@ -321,7 +322,7 @@ def _restore(path: Path, model, opt, sched) -> FitState:
 
 def _write_history(path: Path, rows: list[dict]) -> None:
     keys = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr", "seconds"]
-    with open(path, "w", newline="") as fh:
+    with atomic_text_writer(path) as fh:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

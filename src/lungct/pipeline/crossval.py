@@ -11,6 +11,7 @@ from lungct.data.audit import run_audit
 from lungct.data.discovery import resolve_data_dir
 from lungct.data.splits import grouped_kfold
 from lungct.evaluation.cv import KEY_METRICS, cv_markdown, fold_assignment, metric_at, summarise
+from lungct.fileio import atomic_text
 from lungct.model.registry import get_spec
 from lungct.model.train import load_images, set_determinism, set_threads
 from lungct.pipeline.training import make_split, preprocess_config, train_and_evaluate
@@ -65,5 +66,5 @@ def run_cv(cfg: TrainConfig, out_dir: str | Path, folds: int = 5, progress: bool
         "seconds": round(time.time() - t0, 1),
     }
     write_json(out / "cv.json", result)
-    (out / "cv.md").write_text(cv_markdown(result))
+    atomic_text(out / "cv.md", cv_markdown(result))
     return result

@@ -351,6 +351,7 @@ def create_app(
     max_request_mpx: float = 160,
     max_inflight_mpx: float = 320,
     max_concurrent: int = 8,
+    body_timeout_s: float = 60.0,
 ) -> FastAPI:
     """The workstation app around an already loaded predictor.
 
@@ -361,7 +362,8 @@ def create_app(
     eval/test/metrics.json in the model card; ``allowed_hosts``: Host header names served (default:
     loopback names; ``["*"]`` disables the check); ``max_request_mpx`` / ``max_inflight_mpx``: decoded
     megapixels one request may hold (413 beyond) and all requests together (503 beyond);
-    ``max_concurrent``: requests worked on at once (the worker-thread pool; others wait).
+    ``max_concurrent``: requests worked on at once (the worker-thread pool; others wait);
+    ``body_timeout_s``: a request body must arrive within this time (408 otherwise).
     """
     if explain_method not in METHODS:
         raise LungctError(
@@ -406,6 +408,7 @@ def create_app(
         limits={"/api/v1/predict": per_file, "/api/v1/studies": per_study},
         allowed_hosts=tuple(allowed_hosts) if allowed_hosts else LOOPBACK_HOSTS,
         allowed_origins=tuple(cors_origins or ()),
+        body_timeout=body_timeout_s,
     )
     return app
 
