@@ -23,10 +23,10 @@ LAYERS = {
     "lungct.report": 6,
     "lungct.serve": 7,
     "lungct.pacs": 7,
-    "lungct.federated": 8,
     "lungct.pipeline": 8,
-    "lungct.cli": 9,
-    "lungct.__main__": 10,
+    "lungct.federated": 9,
+    "lungct.cli": 10,
+    "lungct.__main__": 11,
 }
 """Rank of each wing: a module may import its own wing or a wing of lower rank, never a higher one."""
 

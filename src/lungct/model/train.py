@@ -124,12 +124,21 @@ def freeze_early(model: nn.Module, fraction: float) -> int:
 
 
 def train_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, loss_fn: nn.Module
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    regulariser: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> float:
-    """One optimisation step on a batch x (N, 1, S, S) in [0, 1], y (N,). Returns the batch loss."""
+    """One optimisation step on a batch x (N, 1, S, S) in [0, 1], y (N,). Returns the batch loss.
+
+    ``regulariser(model)`` is added to the loss when given (e.g. FedProx's proximal term)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
+    if regulariser is not None:
+        loss = loss + regulariser(model)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 5.0)
     optimizer.step()
@@ -198,6 +207,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    regulariser: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> FitState:
     """Train with AdamW + warm-up/cosine; saves best/last checkpoints after every epoch.
 
@@ -243,7 +253,7 @@ def fit(
     while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(state.epoch)
-        row = _run_epoch(trained, loader, opt, sched, loss_fn, state.epoch, cfg, progress)
+        row = _run_epoch(trained, loader, opt, sched, loss_fn, state.epoch, cfg, progress, regulariser)
         if val is not None:
             v_loss, v_acc, v_bacc = _val_stats(model, val[0], val[1], loss_fn, 2 * cfg.batch_size)
             row.update(val_loss=v_loss, val_accuracy=v_acc, val_balanced_accuracy=v_bacc)
@@ -277,14 +287,17 @@ def fit(
     return state
 
 
-def _run_epoch(model, loader, opt, sched, loss_fn, epoch: int, cfg: TrainConfig, progress: bool) -> dict:
+def _run_epoch(
+    model, loader, opt, sched, loss_fn, epoch: int, cfg: TrainConfig, progress: bool, regulariser=None
+) -> dict:
     t = time.time()
     losses = []
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress, leave=False
     )
     for x, y in bar:
-        losses.append(train_step(model, x.contiguous(memory_format=torch.channels_last), y, opt, loss_fn))
+        x = x.contiguous(memory_format=torch.channels_last)
+        losses.append(train_step(model, x, y, opt, loss_fn, regulariser))
         sched.step()
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     return {

@@ -134,7 +134,7 @@ def train_and_evaluate(
     """
     paths.root.mkdir(parents=True, exist_ok=True)
     cfg, spec, pinfo, pre = _resolve_model(cfg)
-    run = _run_record(cfg, spec, pinfo, pre, rows, assignment, extra, synthetic)
+    run = run_record(cfg, spec, pinfo, pre, rows, assignment, extra, synthetic)
     write_json(paths.run_json, run)
     y = np.array([r.label for r in rows])
     groups = np.array([r.group_id for r in rows])
@@ -206,7 +206,7 @@ SPEC_KEYS = (
 )
 
 
-def _run_record(cfg, spec, pinfo, pre, rows, assignment, extra, synthetic) -> dict[str, Any]:
+def run_record(cfg, spec, pinfo, pre, rows, assignment, extra, synthetic) -> dict[str, Any]:
     """The run.json skeleton: identity, model card facts, preprocessing, warnings, split summary."""
     warnings = _warnings(cfg, pinfo, synthetic)
     for w in warnings:
