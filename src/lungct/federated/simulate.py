@@ -29,7 +29,6 @@ from lungct.config import TrainConfig, save_config
 from lungct.data.audit import run_audit
 from lungct.data.discovery import resolve_data_dir
 from lungct.data.splits import leakage_report, write_split
-from lungct.evaluation.evaluate import evaluate_rows
 from lungct.evaluation.metrics import classification_metrics, softmax
 from lungct.evaluation.operating import fit_operating_point
 from lungct.federated.apps import client_app
@@ -38,7 +37,13 @@ from lungct.federated.task import evaluate_state, write_spec
 from lungct.model.network import build_network
 from lungct.model.predictor import Predictor
 from lungct.model.train import load_images, set_determinism, set_threads
-from lungct.pipeline.training import make_split, preprocess_config, run_record, write_run_report
+from lungct.pipeline.training import (
+    evaluate_test_split,
+    make_split,
+    preprocess_config,
+    run_record,
+    write_run_report,
+)
 from lungct.runs import RunPaths, environment, save_checkpoint, write_json
 
 log = logging.getLogger("lungct")
@@ -186,15 +191,6 @@ def simulate(
     write_json(paths.run_json, run)
     write_json(paths.root / "rounds.json", per_round)
     predictor = Predictor(net, cfg.model, pre, temperature, rule, run)
-    metrics = evaluate_rows(
-        predictor,
-        root,
-        [rows[i] for i in idx["test"]],
-        paths.eval_dir("test"),
-        n_boot=cfg.n_boot,
-        seed=cfg.seed,
-        title="test split",
-        progress=progress,
-    )
+    metrics = evaluate_test_split(predictor, cfg, root, [rows[i] for i in idx["test"]], paths, progress)
     write_run_report(paths)
     return metrics

@@ -168,10 +168,17 @@ def train_and_evaluate(
     run["training"] = _training_record(state, t_cache, t_fit)
     write_json(paths.run_json, run)
     predictor = Predictor(net, cfg.model, pre, temperature, rule, run)
+    return evaluate_test_split(predictor, cfg, root, [rows[i] for i in idx["test"]], paths, progress)
+
+
+def evaluate_test_split(
+    predictor: Predictor, cfg: TrainConfig, root: Path, test_rows: list, paths: RunPaths, progress: bool
+) -> dict[str, Any]:
+    """Evaluate the shipped predictor on the run's test rows into RUN/eval/test (metrics, CSVs, plots)."""
     return evaluate_rows(
         predictor,
         root,
-        [rows[i] for i in idx["test"]],
+        test_rows,
         paths.eval_dir("test"),
         n_boot=cfg.n_boot,
         seed=cfg.seed,
