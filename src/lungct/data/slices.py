@@ -1,4 +1,4 @@
-"""The one input guard: bytes or a file -> a decoded, checked slice, for the CLI, evaluation, web and PACS.
+"""The one input guard: bytes or a file -> a decoded, checked slice, for the CLI, evaluation and web.
 
 Every input goes through :func:`decode_slice`: its type is sniffed by content, it is decoded within the
 size limits of :mod:`lungct.data.imaging` (DICOM: before inflating or decoding pixels), non-finite

@@ -1,4 +1,4 @@
-"""Metrics of the shipped decision (not of the arg-max): what a user of the CLI, web page or PACS sees.
+"""Metrics of the shipped decision (not of the arg-max): what a user of the CLI or web page sees.
 
 ``y`` and ``pred`` are int arrays (N,) of class indices (``lungct.CLASSES`` order); ``pred`` comes from
 :meth:`lungct.model.decision.DecisionRule.decide`. Intervals are percentile 95 % group-bootstrap

@@ -1,4 +1,4 @@
-"""The shipped decision rule, defined once: slices and cases, for the CLI, evaluation, web page and PACS.
+"""The shipped decision rule, defined once: slices and cases, for the CLI, evaluation and web page.
 
 A slice with calibrated probabilities ``p = (p_normal, p_benign, p_malignant)`` is called
 

@@ -103,7 +103,7 @@ def decision_table(m: dict[str, Any] | None) -> str:
     ]
     rows = [(label, _dci(s, k), _dci(c, k), _dci(sd, k) if sd else NA) for label, k in _DECISION_ROWS]
     note = (
-        '<p class="muted">The rule the CLI, web page and PACS output use (thresholds below). Intervals: '
+        '<p class="muted">The rule the CLI, web page and predictions CSV use (thresholds below). Intervals: '
         f"{esc(s.get('ci95_method') or 'none')} for slices; scans resampled individually. Every image of "
         "another size in IQ-OTH/NCCD is malignant: the 512×512 column shows the numbers without that cue.</p>"
     )
