@@ -43,16 +43,17 @@ from lungct.runs import RunPaths
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"
 
 LEVERS: dict[str, dict[str, Any]] = {
-    "baseline": {"image_size": 224},
-    "res320": {"image_size": 320},
-    "res384": {"image_size": 384, "batch_size": 16},
-    "lite1": {"model": "efficientnet_lite1", "image_size": None},
-    "lite2": {"model": "efficientnet_lite2", "image_size": None},
+    "baseline": {"image_size": 224, "balance": "none"},
+    "res320": {"image_size": 320, "balance": "none"},
+    "res384": {"image_size": 384, "balance": "none", "batch_size": 16},
+    "lite1": {"model": "efficientnet_lite1", "image_size": None, "balance": "none"},
+    "lite2": {"model": "efficientnet_lite2", "image_size": None, "balance": "none"},
     "weights": {"image_size": 224, "balance": "weights"},
     "sampler": {"image_size": 224, "balance": "sampler"},
-    "focal": {"image_size": 224, "focal_gamma": 2.0},
-    "unfrozen": {"image_size": 224, "freeze_fraction": 0.0},
-    "no_crop": {"image_size": 224, "body_crop": False},
+    "focal": {"image_size": 224, "balance": "none", "focal_gamma": 2.0},
+    "focal_weights": {"image_size": 224, "balance": "weights", "focal_gamma": 2.0},
+    "unfrozen": {"image_size": 224, "balance": "weights", "freeze_fraction": 0.0},
+    "no_crop": {"image_size": 224, "balance": "weights", "body_crop": False},
     "weights320": {"image_size": 320, "balance": "weights"},
 }
 """Recipe levers (TrainConfig overrides on the shipped defaults)."""
