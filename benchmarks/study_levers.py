@@ -31,8 +31,8 @@ import torch
 from lungct.config import make_config
 from lungct.data.audit import run_audit
 from lungct.data.splits import grouped_kfold
-from lungct.evaluation.decision_metrics import decision_metrics
-from lungct.evaluation.metrics import aggregate_cases, ece, point_metrics, softmax
+from lungct.evaluation.evaluate import decision_block
+from lungct.evaluation.metrics import ece, point_metrics, softmax
 from lungct.evaluation.operating import fit_operating_point
 from lungct.explain.checks import run_pointing_game_benchmark
 from lungct.model.registry import get_spec
@@ -100,9 +100,8 @@ def fold_metrics(
             fitted_on="other folds",
         )
         probs = softmax(logits[ev], t)
-        s = decision_metrics(y[ev], rule.decide(probs), n_boot=0)
-        cy, cp, _ = aggregate_cases(y[ev], probs, groups[ev], how=rule.case_aggregation)
-        c = decision_metrics(cy, rule.decide(cp), n_boot=0)
+        d = decision_block(y[ev], probs, groups[ev], rule, n_boot=0, seed=0)
+        s, c = d["slice"], d["case"]
         pm = point_metrics(y[ev], probs)
         out.append(
             {

@@ -36,6 +36,7 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     title: str = "test",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics for calibrated ``probs`` (N, 3); writes metrics.json, cases.csv and PNG plots to ``out_dir``.
 
@@ -87,6 +88,7 @@ def evaluate_predictions(
         "reliability": plot_reliability(y, before, probs, out_dir / "reliability.png"),
     }
     m["plots"] = {k: Path(v).name for k, v in plots.items()}
+    m.update(extra or {})
     write_json(out_dir / "metrics.json", m)
     return m
 
@@ -158,8 +160,10 @@ def evaluate_rows(
     seed: int = 0,
     title: str = "test",
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Predict the manifest ``rows`` (paths relative to ``root``) and evaluate them with the shipped rule."""
+    """Predict the manifest ``rows`` (paths relative to ``root``) and evaluate them with the shipped rule;
+    ``extra`` keys are added to metrics.json."""
     preds = predictor.predict_paths([root / r.path for r in rows], progress=progress)
     probs = np.stack([p.probs for p in preds]) if preds else np.zeros((0, len(CLASSES)))
     y = np.array([r.label for r in rows])
@@ -167,7 +171,13 @@ def evaluate_rows(
     square = np.array([r.width == 512 and r.height == 512 for r in rows], dtype=bool)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", [r.path for r in rows], y, groups, probs, predictor.rule)
-    m = evaluate_predictions(
+    flagged = [p.guard.reason for p in preds if not p.assessed and p.guard is not None]
+    guard = {
+        "n_flagged": len(flagged),
+        "reasons": dict(Counter(flagged)),
+        "note": "metrics include flagged images; lungct predict and the web page refuse them",
+    }
+    return evaluate_predictions(
         y,
         probs,
         groups,
@@ -178,15 +188,8 @@ def evaluate_rows(
         n_boot=n_boot,
         seed=seed,
         title=title,
+        extra={**(extra or {}), "input_guard": guard},
     )
-    flagged = [p.guard.reason for p in preds if not p.assessed and p.guard is not None]
-    m["input_guard"] = {
-        "n_flagged": len(flagged),
-        "reasons": dict(Counter(flagged)),
-        "note": "metrics include flagged images; lungct predict and the web page refuse them",
-    }
-    write_json(out_dir / "metrics.json", m)
-    return m
 
 
 def evaluate_folder(
@@ -204,7 +207,12 @@ def evaluate_folder(
     from lungct.data.audit import run_audit
 
     audit = run_audit(data_root, class_map=class_map, out_dir=out_dir / "audit", progress=progress)
-    m = evaluate_rows(
+    overlap = (
+        check_overlap(run_root, Path(audit.root), audit.rows)
+        if run_root is not None
+        else {"checked": False, "note": "no run folder given: overlap not checked"}
+    )
+    return evaluate_rows(
         predictor,
         Path(audit.root),
         audit.rows,
@@ -212,15 +220,10 @@ def evaluate_folder(
         n_boot=n_boot,
         title=Path(data_root).name or "external",
         progress=progress,
+        extra={
+            "skipped_files": len(audit.skipped),
+            "data_root": str(data_root),
+            "overlap": overlap,
+            "external_validation": bool(overlap.get("checked")) and not overlap.get("leaky"),
+        },
     )
-    m["skipped_files"] = len(audit.skipped)
-    m["data_root"] = str(data_root)
-    overlap = (
-        check_overlap(run_root, Path(audit.root), audit.rows)
-        if run_root is not None
-        else {"checked": False, "note": "no run folder given: overlap not checked"}
-    )
-    m["overlap"] = overlap
-    m["external_validation"] = bool(overlap.get("checked")) and not overlap.get("leaky")
-    write_json(out_dir / "metrics.json", m)
-    return m
