@@ -21,12 +21,12 @@ LAYERS = {
     "lungct.evaluation": 4,
     "lungct.explain": 5,
     "lungct.report": 6,
-    "lungct.serve": 7,
     "lungct.pacs": 7,
-    "lungct.pipeline": 8,
-    "lungct.federated": 9,
-    "lungct.cli": 10,
-    "lungct.__main__": 11,
+    "lungct.serve": 8,
+    "lungct.pipeline": 9,
+    "lungct.federated": 10,
+    "lungct.cli": 11,
+    "lungct.__main__": 12,
 }
 """Rank of each wing: a module may import its own wing or a wing of lower rank, never a higher one."""
 
