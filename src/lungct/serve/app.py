@@ -1,9 +1,12 @@
 """The clinical workstation: a FastAPI app serving the page and the REST API around one Predictor.
 
-Endpoints (schema at ``/openapi.json``): ``POST /api/v1/predict``, ``POST /api/v1/studies``,
-``GET /api/v1/model``, ``GET /healthz`` and the page at ``/``. The model is loaded once by
-:func:`serve`; the app never logs file names, DICOM tags or pixel data (only request ids, sizes,
-status codes and timings).
+Endpoints (schema at ``/openapi.json``): ``POST /api/v1/predict``, ``POST /api/v1/studies`` (and
+``GET /api/v1/studies/{id}``, ``.../slices/{n}/pixels``, ``.../slices/{n}/explanation`` for viewing
+any slice of a recent study), ``GET /api/v1/progress/{id}`` (+ ``POST .../cancel``),
+``POST /api/v1/feedback``, ``GET /api/v1/model``, ``GET /healthz`` and the page at ``/``. The model
+is loaded once by :func:`serve`; the app never logs file names, DICOM tags or pixel data (only
+request ids, sizes, status codes and timings). Source names (file names inside the upload) are sent
+back to the uploader for traceability and kept only in memory with the study.
 """
 
 import copy
@@ -17,11 +20,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,9 +38,23 @@ from lungct.errors import LungctError, ModelError
 from lungct.explain.cam import METHODS
 from lungct.model.predictor import Predictor
 from lungct.serve import schemas
+from lungct.serve.feedback import FeedbackLog
+from lungct.serve.metrics_text import known_limits, operating_point
 from lungct.serve.middleware import LOOPBACK_HOSTS, RequestGuard
-from lungct.serve.service import Busy, PixelBudget, SliceOutcome, Workstation, case_summary, decision_text
-from lungct.serve.uploads import TooLarge, ZipLimits, read_zip
+from lungct.serve.scans import audit_threshold, split_scans
+from lungct.serve.service import (
+    Busy,
+    Cancelled,
+    NotFound,
+    PixelBudget,
+    ProgressBoard,
+    SliceOutcome,
+    StudyStore,
+    Workstation,
+    case_summary,
+    decision_text,
+)
+from lungct.serve.uploads import TooLarge, ZipLimits, read_zip_members, source_name
 
 log = logging.getLogger("lungct.serve")
 
@@ -44,6 +63,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (401, "Missing or wrong bearer token"),
         (413, "Upload too large"),
+        (404, "Unknown or expired study, or no such slice"),
+        (409, "Analysis cancelled by the client"),
         (415, "Unsupported file type"),
         (422, "Unreadable image or invalid request"),
         (503, "Busy: too many decoded pixels held by other requests; retry"),
@@ -100,6 +121,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(request, 413, str(exc))
         if isinstance(exc, Busy):
             return _error(request, 503, str(exc), {"Retry-After": "2"})
+        if isinstance(exc, NotFound):
+            return _error(request, 404, str(exc))
+        if isinstance(exc, Cancelled):
+            return _error(request, 409, str(exc))
         if isinstance(exc, ModelError):
             log.error("request %s: model error: %s", getattr(request.state, "request_id", "-"), exc)
             return _error(request, 500, f"model error: {exc}")
@@ -160,7 +185,9 @@ def _slice_fields(o: SliceOutcome) -> dict[str, Any]:
     return fields
 
 
-def _model_card(predictor: Predictor, run_dir: Path | None, explain_method: str) -> dict[str, Any]:
+def _model_card(
+    predictor: Predictor, run_dir: Path | None, explain_method: str, feedback: bool = False
+) -> dict[str, Any]:
     metrics = None
     if run_dir is not None and (run_dir / "eval" / "test" / "metrics.json").is_file():
         try:
@@ -180,21 +207,28 @@ def _model_card(predictor: Predictor, run_dir: Path | None, explain_method: str)
             "limitations": LIMITATIONS,
             "run": copy.deepcopy(predictor.info),
             "metrics": metrics,
+            "operating_point": operating_point(metrics, predictor.rule),
+            "known_limits": known_limits(metrics),
             "explain_method": explain_method,
+            "feedback": feedback,
         }
     )
 
 
-def _read_study(files: list[UploadFile], per_file: int, limits: ZipLimits, max_slices: int) -> list[bytes]:
-    blobs: list[bytes] = []
+def _read_study(
+    files: list[UploadFile], per_file: int, limits: ZipLimits, max_slices: int
+) -> list[tuple[str, bytes]]:
+    """(source name, bytes) per slice: uploaded files, zip members as 'archive.zip/member path'."""
+    blobs: list[tuple[str, bytes]] = []
     for k, f in enumerate(files, start=1):
         data = f.file.read()
+        name = source_name(f.filename) or f"file {k}"
         if sniff(data) == "zip":
-            blobs += read_zip(data, limits)
+            blobs += [(source_name(f"{name}/{m}"), b) for m, b in read_zip_members(data, limits)]
         elif len(data) > per_file:
             raise TooLarge(f"file {k} is {len(data) / 2**20:.1f} MB; the limit is {per_file / 2**20:.1f} MB")
         else:
-            blobs.append(data)
+            blobs.append((name, data))
         if len(blobs) > max_slices:
             raise TooLarge(f"more than {max_slices} slices in one study")
     if not blobs:
@@ -222,7 +256,7 @@ def _study_warnings(slices: list[Slice], basis: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _Context:
-    """What the endpoints share: the workstation, limits and the static model card."""
+    """What the endpoints share: the workstation, limits, the static model card and the study store."""
 
     ws: Workstation
     model_ref: dict[str, str]
@@ -231,39 +265,178 @@ class _Context:
     limits: ZipLimits
     max_slices: int
     budget: PixelBudget
+    store: StudyStore
+    progress: ProgressBoard
+    link_threshold: float
+    feedback: FeedbackLog | None
 
 
-def _study_response(ctx: _Context, files: list[UploadFile], explain_top: int) -> dict[str, Any]:
+Mixed = Literal["refuse", "split", "allow"]
+STUDY_ID = r"^[A-Za-z0-9_-]{8,64}$"
+PROGRESS_ID = r"^[A-Za-z0-9_-]{8,64}$"
+MIXED_HELP = (
+    "An upload that holds more than one scan (DICOM series, else the audit's content grouping): "
+    "'refuse' (422, the default), 'split' (each scan its own case, listed in 'scans') or 'allow' "
+    "(one case, with a warning)."
+)
+
+
+class MixedStudy(LungctError):
+    """An upload holds several scans and the caller asked to refuse that (HTTP 422)."""
+
+
+def _study_response(
+    ctx: _Context, files: list[UploadFile], explain_top: int, mixed: Mixed, progress_id: str | None
+) -> dict[str, Any]:
+    ctx.progress.update(progress_id, "reading")
     blobs = _read_study(files, ctx.per_file, ctx.limits, ctx.max_slices)
     with ctx.budget.request() as take:
-        return _decoded_study(ctx, blobs, take, explain_top)
+        return _decoded_study(ctx, blobs, take, explain_top, mixed, progress_id)
 
 
-def _decoded_study(ctx: _Context, blobs: list[bytes], take: Any, explain_top: int) -> dict[str, Any]:
+def _describe_scans(slices: list[Slice], groups: list[list[int]]) -> str:
+    parts = []
+    for k, g in enumerate(groups[:6], start=1):
+        names = ", ".join(slices[i].source for i in g[:2]) + (", …" if len(g) > 2 else "")
+        parts.append(f"scan {k}: {len(g)} slice{'s' if len(g) != 1 else ''} ({names})")
+    more = f"; and {len(groups) - 6} more" if len(groups) > 6 else ""
+    return "; ".join(parts) + more
+
+
+def _decoded_study(
+    ctx: _Context,
+    blobs: list[tuple[str, bytes]],
+    take: Any,
+    explain_top: int,
+    mixed: Mixed = "refuse",
+    progress_id: str | None = None,
+) -> dict[str, Any]:
+    """Decode, split into scans, predict, store; the response for the first scan (+ the others listed)."""
     decoded = []
-    for k in range(len(blobs)):
-        s = decode_slice(blobs[k], f"file {k + 1}", ctx.ws.predictor.pre.window)
-        blobs[k] = b""  # the bytes are no longer needed once decoded
+    n = len(blobs)
+    for k in range(n):
+        name, data = blobs[k]
+        s = decode_slice(data, f"file {k + 1}", ctx.ws.predictor.pre.window)
+        s.source = name
+        blobs[k] = (name, b"")  # the bytes are no longer needed once decoded
         take(s.image.size)
         decoded.append(s)
-    order, basis = dicomio.series_order([s.dicom for s in decoded])
-    slices = [decoded[i] for i in order]
-    outcomes = ctx.ws.predict_many(slices, explain_top)
+        if k % 8 == 7 or k == n - 1:
+            ctx.progress.update(progress_id, "decoding", k + 1, n)
+    split = split_scans(decoded, ctx.link_threshold) if mixed != "allow" else None
+    groups = split.groups if split is not None else [list(range(n))]
+    if len(groups) > 1 and mixed == "refuse":
+        how = {"series": "DICOM series", "content": "image content"}.get(
+            split.basis, "DICOM series and content"
+        )
+        raise MixedStudy(
+            f"this upload holds {len(groups)} scans, not one (told apart by {how}): "
+            f"{_describe_scans(decoded, groups)}. Upload one scan at a time, or analyse them as separate "
+            "cases (mixed=split)."
+        )
+    outcomes = ctx.ws.predict_many(
+        decoded, 0, progress=lambda done, total: ctx.progress.update(progress_id, "predicting", done, total)
+    )
+    results = [
+        _scan_result(ctx, [decoded[i] for i in g], [outcomes[i] for i in g], explain_top) for g in groups
+    ]
+    if len(groups) > 1:
+        listing = [
+            {
+                "study_id": r["study_id"],
+                "scan": k,
+                "n_slices": r["case"]["n_slices"],
+                "decision": r["case"]["decision"],
+                "n_above_threshold": r["case"]["n_above_threshold"],
+                "first_source": r["slices"][0]["source"],
+            }
+            for k, r in enumerate(results, start=1)
+        ]
+        note = (
+            f"this upload held {len(groups)} scans (told apart by "
+            f"{'DICOM series' if split.basis == 'series' else 'image content'}); each is a separate case"
+        )
+        for k, r in enumerate(results, start=1):
+            r.update(scans=listing, scan=k)
+            r["warnings"].insert(0, note)
+    elif mixed == "allow":
+        check = split_scans(decoded, ctx.link_threshold)
+        if len(check.groups) > 1:
+            results[0]["warnings"].insert(
+                0, f"this upload may hold {len(check.groups)} scans; analysed as one case as requested"
+            )
+    ctx.progress.update(progress_id, "done", n, n)
+    return results[0]
+
+
+def _scan_result(
+    ctx: _Context, scan: list[Slice], outcomes: list[SliceOutcome], explain_top: int
+) -> dict[str, Any]:
+    """One scan: order its slices, decide the case, store it for viewing; the StudyResponse body."""
+    order, basis = dicomio.series_order([s.dicom for s in scan])
+    slices = [scan[i] for i in order]
+    outs = [outcomes[i] for i in order]
+    study_id, stored = ctx.store.put(slices, outs)
+    top_idx = sorted(
+        (k for k, o in enumerate(outs) if o.prediction is not None),
+        key=lambda k: -outs[k].prediction.malignant_probability,
+    )[: max(explain_top, 0)]
+    for k in top_idx:
+        outs[k].explanation = ctx.ws.explain_one(slices[k].image, outs[k].prediction.decision)
+        stored.explanations[k] = outs[k].explanation
     z0 = slices[0].dicom.position if basis == "position" and slices[0].dicom is not None else None
     results = []
-    for k, o in enumerate(outcomes, start=1):
-        pos = o.slice.dicom.position if o.slice.dicom is not None else None
+    for k, o in enumerate(outs, start=1):
+        d = o.slice.dicom
+        pos = d.position if d is not None else None
         rel = round(pos - z0, 3) if pos is not None and z0 is not None else None
-        results.append({"index": k, "label": f"slice {k}", **_slice_fields(o), "position_mm": rel})
+        results.append(
+            {
+                "index": k,
+                "label": f"slice {k}",
+                **_slice_fields(o),
+                "position_mm": rel,
+                "source": o.slice.source,
+                "instance_number": d.instance if d is not None else None,
+                "series_uid": d.series_key if d is not None else None,
+                "pixels": "hu" if d is not None else "grey",
+            }
+        )
     top = sorted((r for r in results if r["assessed"]), key=lambda r: -r["malignant_probability"])
-    return {
-        "case": case_summary(outcomes, ctx.ws.predictor.rule),
+    body = {
+        "study_id": study_id,
+        "case": case_summary(outs, ctx.ws.predictor.rule),
         "order": basis,
         "top": [r["index"] for r in top],
         "slices": results,
         "warnings": _study_warnings(slices, basis),
         "model": ctx.model_ref,
+        "scans": [],
+        "scan": 1,
     }
+    stored.response = body
+    return body
+
+
+def _pixels(stored: Any, i: int) -> Response:
+    """Raw little-endian pixels of slice i: int16 HU (DICOM) or uint8 grey, with their size in headers."""
+    hu = stored.hu[i]
+    img = stored.images[i]
+    if hu is not None:
+        data, kind = hu.astype("<i2").tobytes(), "hu"
+    else:
+        data, kind = np.round(np.clip(img.astype(np.float32), 0, 1) * 255).astype(np.uint8).tobytes(), "grey"
+    h, w = img.shape
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={
+            "X-Width": str(w),
+            "X-Height": str(h),
+            "X-Pixels": kind,
+            "Cache-Control": "private, max-age=600",
+        },
+    )
 
 
 def _api_router(ctx: _Context, token: str | None) -> APIRouter:
@@ -298,11 +471,67 @@ def _api_router(ctx: _Context, token: str | None) -> APIRouter:
         request: Request,
         files: Annotated[list[UploadFile], File(description="Slices, a DICOM series or zip archive(s).")],
         explain_top: Annotated[int, Query(ge=0, le=10, description="Explain this many top slices.")] = 3,
+        mixed: Annotated[Mixed, Query(description=MIXED_HELP)] = "refuse",
+        progress_id: Annotated[
+            str | None,
+            Query(pattern=PROGRESS_ID, description="Client-chosen id to follow at /progress/{id}."),
+        ] = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        out = _study_response(ctx, files, explain_top)
+        out = _study_response(ctx, files, explain_top, mixed, progress_id)
         ms = round(1000 * (time.perf_counter() - t0), 1)
         return {"request_id": request.state.request_id, "timing_ms": ms, **out}
+
+    @api.get("/studies/{study_id}", response_model=schemas.StudyResponse, summary="A recent study again")
+    def study(request: Request, study_id: Annotated[str, PathParam(pattern=STUDY_ID)]) -> dict[str, Any]:
+        stored = ctx.store.get(study_id)
+        return {"request_id": request.state.request_id, "timing_ms": 0.0, **stored.response}
+
+    @api.get(
+        "/studies/{study_id}/slices/{number}/pixels",
+        summary="Raw pixels of one slice (int16 HU for DICOM, else uint8 grey); size in X-Width/X-Height",
+        response_class=Response,
+    )
+    def pixels(
+        study_id: Annotated[str, PathParam(pattern=STUDY_ID)], number: Annotated[int, PathParam(ge=1)]
+    ) -> Response:
+        stored = ctx.store.get(study_id)
+        return _pixels(stored, ctx.store.slice_index(stored, number))
+
+    @api.get(
+        "/studies/{study_id}/slices/{number}/explanation",
+        response_model=schemas.ExplanationOut,
+        summary="Grad-CAM of one slice for its decided class (computed on first request, then kept)",
+    )
+    def explanation(
+        study_id: Annotated[str, PathParam(pattern=STUDY_ID)], number: Annotated[int, PathParam(ge=1)]
+    ) -> dict[str, Any]:
+        stored = ctx.store.get(study_id)
+        i = ctx.store.slice_index(stored, number)
+        if stored.targets[i] is None:
+            raise NotFound(f"slice {number} was not assessed (input guard): no explanation")
+        if i not in stored.explanations:
+            stored.explanations[i] = ctx.ws.explain_one(
+                stored.images[i].astype(np.float32), stored.targets[i]
+            )
+        return stored.explanations[i]
+
+    @api.get("/progress/{progress_id}", response_model=schemas.Progress, summary="Progress of an analysis")
+    def progress(progress_id: Annotated[str, PathParam(pattern=PROGRESS_ID)]) -> dict[str, Any]:
+        return ctx.progress.get(progress_id)
+
+    @api.post("/progress/{progress_id}/cancel", response_model=schemas.Progress, summary="Cancel an analysis")
+    def cancel(progress_id: Annotated[str, PathParam(pattern=PROGRESS_ID)]) -> dict[str, Any]:
+        ctx.progress.cancel(progress_id)
+        return ctx.progress.get(progress_id)
+
+    @api.post("/feedback", response_model=schemas.FeedbackStored, summary="Reader agrees / disagrees")
+    def feedback(body: schemas.FeedbackIn) -> dict[str, Any]:
+        if ctx.feedback is None:
+            raise NotFound("reader feedback is off (start the server with --feedback-log PATH)")
+        stored = ctx.store.get(body.study_id)
+        case = stored.response["case"]
+        return ctx.feedback.add(body.agree, body.reader_class, case, ctx.model_ref)
 
     @api.get("/model", response_model=schemas.ModelCard, summary="Model card and test metrics")
     def model() -> dict[str, Any]:
@@ -352,6 +581,8 @@ def create_app(
     max_inflight_mpx: float = 320,
     max_concurrent: int = 8,
     body_timeout_s: float = 60.0,
+    max_stored_mpx: float = 80,
+    feedback_log: str | Path | None = None,
 ) -> FastAPI:
     """The workstation app around an already loaded predictor.
 
@@ -363,7 +594,9 @@ def create_app(
     loopback names; ``["*"]`` disables the check); ``max_request_mpx`` / ``max_inflight_mpx``: decoded
     megapixels one request may hold (413 beyond) and all requests together (503 beyond);
     ``max_concurrent``: requests worked on at once (the worker-thread pool; others wait);
-    ``body_timeout_s``: a request body must arrive within this time (408 otherwise).
+    ``body_timeout_s``: a request body must arrive within this time (408 otherwise);
+    ``max_stored_mpx``: decoded megapixels of recent studies kept in memory for viewing any slice;
+    ``feedback_log``: JSON-lines file for reader agree/disagree (None: feedback off).
     """
     if explain_method not in METHODS:
         raise LungctError(
@@ -374,11 +607,20 @@ def create_app(
     ctx = _Context(
         ws=Workstation(predictor, explain_method),
         model_ref=model_ref,
-        card=_model_card(predictor, Path(run_dir) if run_dir is not None else None, explain_method),
+        card=_model_card(
+            predictor,
+            Path(run_dir) if run_dir is not None else None,
+            explain_method,
+            feedback_log is not None,
+        ),
         per_file=per_file,
         limits=ZipLimits(max_members=max_slices, max_member_bytes=per_file, max_total_bytes=per_study),
         max_slices=max_slices,
         budget=PixelBudget(int(max_request_mpx * 1e6), int(max_inflight_mpx * 1e6)),
+        store=StudyStore(int(max_stored_mpx * 1e6)),
+        progress=ProgressBoard(),
+        link_threshold=audit_threshold(run_dir),
+        feedback=FeedbackLog(Path(feedback_log)) if feedback_log is not None else None,
     )
     app = FastAPI(
         title="lungct workstation",
@@ -449,6 +691,7 @@ def serve(
     log_level: str = "info",
     allowed_hosts: list[str] | None = None,
     max_concurrent: int = 8,
+    feedback_log: str | Path | None = None,
 ) -> None:
     """Load the run's model once and serve the workstation with uvicorn (one worker) until stopped."""
     import torch
@@ -469,6 +712,7 @@ def serve(
         run_dir=run_dir,
         allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *([] if host in LOOPBACK else [host])],
         max_concurrent=max_concurrent,
+        feedback_log=feedback_log,
     )
 
     config = copy.deepcopy(LOGGING_CONFIG)

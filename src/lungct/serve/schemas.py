@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -93,6 +93,12 @@ class SliceResult(SliceFields):
     position_mm: float | None = Field(
         None, description="DICOM position along the slice normal relative to the first slice (mm)."
     )
+    source: str = Field("", description="Where the slice came from: file name, or 'archive.zip/member path'.")
+    instance_number: int | None = Field(None, description="DICOM InstanceNumber.")
+    series_uid: str | None = Field(None, description="DICOM SeriesInstanceUID.")
+    pixels: Literal["hu", "grey"] = Field(
+        "grey", description="What /studies/{id}/slices/{n}/pixels returns: int16 HU or uint8 grey."
+    )
 
 
 class CaseResult(BaseModel):
@@ -112,10 +118,30 @@ class CaseResult(BaseModel):
     n_above_threshold: int
 
 
+class ScanRef(BaseModel):
+    """One scan of an upload that held several (each analysed as its own case)."""
+
+    study_id: str
+    scan: int
+    n_slices: int
+    decision: str | None
+    n_above_threshold: int
+    first_source: str
+
+
 class StudyResponse(BaseModel):
-    """Several slices: per-slice results in display order and a case-level decision."""
+    """Several slices: per-slice results in display order and a case-level decision.
+
+    The study is kept in memory for a while under ``study_id`` so that any slice can be viewed
+    (``/studies/{id}/slices/{n}/pixels``) and explained on demand (``.../explanation``).
+    """
 
     request_id: str
+    study_id: str
+    scans: list[ScanRef] = Field(
+        default_factory=list, description="All scans of the upload when it held more than one (mixed=split)."
+    )
+    scan: int = Field(1, description="Which of 'scans' this response is (1-based).")
     case: CaseResult
     order: str = Field(description="'position' (DICOM geometry), 'instance' (InstanceNumber) or 'upload'.")
     top: list[int] = Field(description="Slice indices, most suspicious (highest p(malignant)) first.")
@@ -138,10 +164,43 @@ class ModelCard(BaseModel):
     limitations: list[str]
     run: dict[str, Any] = Field(default_factory=dict, description="run.json of the training run.")
     metrics: dict[str, Any] | None = Field(None, description="eval/test/metrics.json when present.")
+    operating_point: dict[str, Any] = Field(
+        default_factory=dict, description="The served rule and its measured sensitivity/specificity with CIs."
+    )
+    known_limits: list[str] = Field(default_factory=list, description="From the run's test metrics.")
     explain_method: str
+    feedback: bool = Field(False, description="Whether POST /api/v1/feedback stores reader feedback.")
     disclaimer: str = DISCLAIMER
 
 
 class Health(BaseModel):
     status: str
     model: ModelRef
+
+
+class Progress(BaseModel):
+    """Where an analysis is: stage 'reading', 'decoding', 'predicting', 'done' (or 'unknown')."""
+
+    stage: str | None
+    done: int | None = 0
+    total: int | None = 0
+    cancelled: bool | None = False
+
+
+class FeedbackIn(BaseModel):
+    """A reader's verdict on a case shown by the page. Nothing identifying is accepted or stored."""
+
+    study_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    agree: bool
+    reader_class: Literal["normal", "benign", "malignant"] | None = Field(
+        None, description="The reader's own call when disagreeing (optional)."
+    )
+
+
+class FeedbackStored(BaseModel):
+    time_utc: str
+    model: str
+    model_version: str
+    case_decision: str | None
+    agree: bool
+    reader_class: str | None

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import secrets
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
+from scipy import ndimage
 
 from lungct import CLASSES
 from lungct.data import ood
@@ -32,6 +36,14 @@ from lungct.serve.uploads import TooLarge
 
 class Busy(LungctError):
     """The server holds its maximum of decoded pixels for other requests (HTTP 503, retry later)."""
+
+
+class NotFound(LungctError):
+    """An unknown or expired study, or a slice number outside it (HTTP 404)."""
+
+
+class Cancelled(LungctError):
+    """The client cancelled the analysis (HTTP 409)."""
 
 
 class PixelBudget:
@@ -120,7 +132,7 @@ def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
             Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX)
         )
     grey = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-    h = np.clip(heat, 0, 1)
+    h = feather(np.clip(heat, 0, 1))
     colour = _colour_table()[np.minimum((h * 256).astype(np.intp), 255)]
     rgba = np.dstack([colour, np.round(h * 255).astype(np.uint8)])
     blend = (1 - OVERLAY_ALPHA) * grey[..., None] + OVERLAY_ALPHA * colour.astype(np.float32)
@@ -129,6 +141,19 @@ def explanation_images(img: np.ndarray, heat: np.ndarray) -> dict[str, str]:
         "heatmap_png": png_b64(rgba, "RGBA"),
         "overlay_png": png_b64(np.round(blend).astype(np.uint8), "RGB"),
     }
+
+
+FEATHER = 0.012
+"""Gaussian sigma, as a share of the longer image side, that softens the heat map's edges (the CAM
+is computed on the body crop, so it stops at the crop's border)."""
+
+
+def feather(heat: np.ndarray) -> np.ndarray:
+    """float32 (H, W) heat in [0, 1] with smooth edges (Gaussian blur of ``FEATHER`` x the longer side)."""
+    sigma = FEATHER * max(heat.shape)
+    if sigma < 0.5:
+        return heat
+    return np.clip(ndimage.gaussian_filter(heat.astype(np.float32), sigma, mode="constant"), 0, 1)
 
 
 def limit_backward(predictor: Predictor) -> bool:
@@ -192,16 +217,41 @@ class Workstation:
             {"method": ex.method, "target_class": ex.target_class, "colormap": CMAP, **images},
         )
 
-    def predict_many(self, slices: Sequence[Slice], explain_top: int = 3) -> list[SliceOutcome]:
-        """Predict every unflagged slice; explain the ``explain_top`` with the highest p(malignant)."""
+    def explain_one(self, image: np.ndarray, target: str | None) -> dict[str, str]:
+        """Explanation images for one float32 (H, W) [0, 1] slice and class ``target`` (None: decided)."""
+        with self._lock:
+            ex = self._explain([image], [target])[0]
+        return {
+            "method": ex.method,
+            "target_class": ex.target_class,
+            "colormap": CMAP,
+            **explanation_images(image, ex.heatmap),
+        }
+
+    def predict_many(
+        self,
+        slices: Sequence[Slice],
+        explain_top: int = 3,
+        progress: Callable[[int, int], None] | None = None,
+        batch: int = 16,
+    ) -> list[SliceOutcome]:
+        """Predict every unflagged slice; explain the ``explain_top`` with the highest p(malignant).
+
+        ``progress(done, total)`` is called after each batch of ``batch`` slices (it may raise
+        :class:`Cancelled` to stop).
+        """
         ok = [i for i, s in enumerate(slices) if not s.guard.flagged]
         out = [SliceOutcome(s, None) for s in slices]
         if not ok:
             return out
-        with self._lock:
-            preds = self.predictor.predict_images([slices[i].image for i in ok])
-        for i, p in zip(ok, preds, strict=True):
-            out[i].prediction = p
+        for start in range(0, len(ok), batch):
+            part = ok[start : start + batch]
+            with self._lock:
+                preds = self.predictor.predict_images([slices[i].image for i in part])
+            for i, p in zip(part, preds, strict=True):
+                out[i].prediction = p
+            if progress is not None:
+                progress(start + len(part), len(ok))
         top = sorted(ok, key=lambda i: -out[i].prediction.malignant_probability)[: max(explain_top, 0)]
         if top:
             with self._lock:
@@ -217,14 +267,14 @@ class Workstation:
 
 
 def decision_text(pred: Prediction | None, guard: ood.OODResult) -> str:
-    """'malignant: p(malignant) 0.81 >= threshold 0.42' / 'not assessed: <reason>'."""
+    """'malignant: p(malignant) 0.812 >= threshold 0.420' / 'not assessed: <reason>' (3 decimals)."""
     if pred is None:
         return f"not assessed: {guard.reason or 'input outside what the model was trained on'}"
     p, t = pred.malignant_probability, pred.threshold
-    text = f"{pred.decision}: p(malignant) {p:.2f} {'≥' if p >= t else '<'} threshold {t:.2f}"
+    text = f"{pred.decision}: p(malignant) {p:.3f} {'≥' if p >= t else '<'} threshold {t:.3f}"
     if pred.decision != "malignant":
         share, tb = float(benign_share(pred.probs)), pred.rule.benign_threshold
-        text += f"; benign share {share:.2f} {'≥' if share >= tb else '<'} benign threshold {tb:.2f}"
+        text += f"; benign share {share:.3f} {'≥' if share >= tb else '<'} benign threshold {tb:.3f}"
     return text
 
 
@@ -263,10 +313,10 @@ def case_summary(outcomes: Sequence[SliceOutcome], rule: DecisionRule) -> dict[s
     how = rule.case_aggregation
     cmp = "≥" if case_probs[MALIGNANT] >= threshold else "<"
     text = (
-        f"{decision}: case p(malignant) {case_probs[MALIGNANT]:.2f} ({how}) {cmp} threshold {threshold:.2f}"
+        f"{decision}: case p(malignant) {case_probs[MALIGNANT]:.3f} ({how}) {cmp} threshold {threshold:.3f}"
     )
     if decision != "malignant" and n_above:
-        text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.2f}): review them"
+        text += f"; {n_above} slice(s) reach the threshold on their own (max {pm.max():.3f}): review them"
     return {
         **base,
         "decision": decision,
@@ -277,3 +327,110 @@ def case_summary(outcomes: Sequence[SliceOutcome], rule: DecisionRule) -> dict[s
         "most_suspicious_slice": k_max,
         "n_above_threshold": n_above,
     }
+
+
+class ProgressBoard:
+    """Progress of running analyses, keyed by a client-chosen id; a client may cancel its own.
+
+    Holds at most ``max_entries`` entries (oldest dropped); entries carry no identifiers.
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def update(self, key: str | None, stage: str, done: int = 0, total: int = 0) -> None:
+        """Record progress; raises :class:`Cancelled` when the client asked to stop."""
+        if not key:
+            return
+        with self._lock:
+            item = self._items.setdefault(key, {"cancelled": False})
+            self._items.move_to_end(key)
+            item.update(stage=stage, done=done, total=total, updated=time.time())
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+            if item["cancelled"]:
+                raise Cancelled("analysis cancelled")
+
+    def get(self, key: str) -> dict[str, Any]:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return {"stage": "unknown", "done": 0, "total": 0, "cancelled": False}
+            return {k: item.get(k) for k in ("stage", "done", "total", "cancelled")}
+
+    def cancel(self, key: str) -> None:
+        with self._lock:
+            item = self._items.setdefault(key, {"stage": "cancelled", "done": 0, "total": 0})
+            item["cancelled"] = True
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+
+@dataclass
+class StoredStudy:
+    """A study kept for viewing: per-slice images for display and Grad-CAM, and its response.
+
+    ``images``: float16 (H, W) in [0, 1] as the model saw them; ``hu``: int16 Hounsfield units for
+    DICOM slices (None otherwise); ``targets``: the decided class per slice (None: not assessed).
+    """
+
+    images: list[np.ndarray]
+    hu: list[np.ndarray | None]
+    targets: list[str | None]
+    response: dict[str, Any]
+    explanations: dict[int, dict[str, str]]
+
+    @property
+    def pixels(self) -> int:
+        return sum(im.size for im in self.images)
+
+
+class StudyStore:
+    """Recent studies in memory (never on disk), so any slice can be viewed and explained later.
+
+    Bounded by ``max_pixels`` decoded pixels (about 4 bytes each) and ``max_studies``; the oldest
+    study is dropped first. Ids are random and unguessable.
+    """
+
+    def __init__(self, max_pixels: int = 80_000_000, max_studies: int = 32) -> None:
+        self.max_pixels, self.max_studies = int(max_pixels), int(max_studies)
+        self._items: OrderedDict[str, StoredStudy] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, slices: Sequence[Slice], outcomes: Sequence[SliceOutcome]) -> tuple[str, StoredStudy]:
+        """Keep a study (slices in display order); returns its new id and the stored record."""
+        study = StoredStudy(
+            images=[s.image.astype(np.float16) for s in slices],
+            hu=[
+                None if s.dicom is None else np.clip(np.round(s.dicom.hu), -32768, 32767).astype(np.int16)
+                for s in slices
+            ],
+            targets=[o.prediction.decision if o.prediction is not None else None for o in outcomes],
+            response={},
+            explanations={},
+        )
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            self._items[key] = study
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_studies
+                or sum(s.pixels for s in self._items.values()) > self.max_pixels
+            ):
+                self._items.popitem(last=False)
+        return key, study
+
+    def get(self, key: str) -> StoredStudy:
+        with self._lock:
+            study = self._items.get(key)
+            if study is None:
+                raise NotFound("unknown or expired study (only recent studies are kept); upload it again")
+            self._items.move_to_end(key)
+            return study
+
+    def slice_index(self, study: StoredStudy, number: int) -> int:
+        """0-based index of 1-based slice ``number``; NotFound outside the study."""
+        if not 1 <= number <= len(study.images):
+            raise NotFound(f"slice {number} is not in this study (1..{len(study.images)})")
+        return number - 1

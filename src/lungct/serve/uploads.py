@@ -1,12 +1,14 @@
 """Uploaded bytes: content sniffing and safe, in-memory reading of zip archives.
 
-Nothing is written to disk and no member name is kept: slices are known only by their position.
+Nothing is written to disk. Member names are kept only as each slice's source label (shown to the
+uploader for traceability, never logged or stored; see :func:`source_name`).
 """
 
 from __future__ import annotations
 
 import io
 import posixpath
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 
@@ -48,8 +50,23 @@ def _unsafe(name: str) -> bool:
     return n.startswith("/") or (len(n) > 1 and n[1] == ":") or ".." in n.split("/") or "\x00" in n
 
 
+MAX_NAME = 160
+"""Source labels longer than this keep their last ``MAX_NAME`` characters."""
+
+
+def source_name(name: str | None) -> str:
+    """A display-safe source label: '/' separators, no control characters, at most ``MAX_NAME`` chars."""
+    text = "".join(c for c in (name or "").replace("\\", "/") if unicodedata.category(c)[0] != "C").strip()
+    return text if len(text) <= MAX_NAME else "…" + text[-(MAX_NAME - 1) :]
+
+
 def read_zip(data: bytes, limits: ZipLimits) -> list[bytes]:
-    """Member contents of a zip archive, in archive order, read in memory with size checks.
+    """Member contents of a zip archive, in archive order (see :func:`read_zip_members`)."""
+    return [content for _, content in read_zip_members(data, limits)]
+
+
+def read_zip_members(data: bytes, limits: ZipLimits) -> list[tuple[str, bytes]]:
+    """(member path, contents) of a zip archive, in archive order, read in memory with size checks.
 
     Refuses archives with absolute or parent-relative member paths, more than ``max_entries``
     entries or ``max_members`` files, declared or actual member sizes over the limits, and
@@ -74,7 +91,9 @@ def read_zip(data: bytes, limits: ZipLimits) -> list[bytes]:
                 f"zip archive unpacks to {declared / 2**20:.0f} MB; the limit is "
                 f"{limits.max_total_bytes / 2**20:.0f} MB"
             )
-        return [_read_member(zf, i, k, limits) for k, i in enumerate(members, start=1)]
+        return [
+            (source_name(i.filename), _read_member(zf, i, k, limits)) for k, i in enumerate(members, start=1)
+        ]
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, k: int, limits: ZipLimits) -> bytes:
