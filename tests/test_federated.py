@@ -67,6 +67,7 @@ def test_partition_refuses_impossible_requests() -> None:
 def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: Path) -> None:
     pytest.importorskip("flwr", reason="federated extra not installed (pip install 'lungct[federated]')")
     from lungct.config import make_config
+    from lungct.federated.coordinator import RoundPlan
     from lungct.federated.simulate import simulate
     from lungct.model.predictor import Predictor
 
@@ -77,7 +78,8 @@ def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: 
         }
     )  # fmt: skip
     out = tmp_path / "fed"
-    m = simulate(cfg, out, sites=2, rounds=2, local_epochs=1, progress=False)
+    plan = RoundPlan(sites=2, rounds=2, local_epochs=1, fedbn=True, dp_noise=0.3, dp_clip=5.0)
+    m = simulate(cfg, out, plan, progress=False)
     run = json.loads((out / "run.json").read_text())
     fed = run["federated"]
     assert fed["sites_per_round"] == [[0, 1], [0, 1]], "both sites take part in every round"
@@ -88,6 +90,10 @@ def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: 
     assert (out / "report.html").is_file()
     p = Predictor.from_run(out)  # the run folder works like one from `lungct train`
     assert p.rule.fitted_on.startswith("validation split")
+    assert fed["batch_norm"].startswith("FedBN")
+    dp = fed["differential_privacy"]
+    assert dp["noise_multiplier"] == 0.3 and dp["clipping_norm"] == 5.0
+    assert dp["epsilon"] > 0 and np.isfinite(dp["epsilon"]) and dp["delta"] == 1e-5
 
 
 def test_without_the_extra_the_command_says_how_to_install(monkeypatch, capsys, tmp_path: Path) -> None:

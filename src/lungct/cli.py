@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +74,33 @@ def _config_from_args(args: argparse.Namespace):
     if args.class_map:
         overrides["class_map"] = parse_class_map(args.class_map)
     return load_config(args.config, overrides) if args.config else make_config(overrides)
+
+
+def _add_round_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--fraction", type=float, default=1.0, help="share of sites trained per round")
+    p.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
+    p.add_argument("--fedbn", action="store_true", help="each site keeps its own batch-norm layers (FedBN)")
+    p.add_argument(
+        "--dp-noise", type=float, default=0.0, help="central DP noise multiplier (0 = off; Flower's wrapper)"
+    )
+    p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clipping norm of a site's update (DP)")
+    p.add_argument("--round-timeout", type=float, default=3600.0, help="seconds a round waits for sites")
+    p.add_argument(
+        "--min-sites", type=int, default=None, help="fewest sites a round may run with (default: all)"
+    )
+
+
+def _add_tls_options(p: argparse.ArgumentParser, server: bool) -> None:
+    p.add_argument("--ca-cert", help="PEM CA certificate (TLS)")
+    if server:
+        p.add_argument("--cert", help="PEM server certificate (TLS)")
+        p.add_argument("--key", help="PEM server private key (TLS)")
+    p.add_argument(
+        "--insecure", action="store_true", help="no TLS: only for a test on one machine or a trusted network"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,13 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--fraction", type=float, default=1.0, help="share of sites trained per round")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the site case mix")
-    p.add_argument("--strategy", choices=("fedavg", "fedprox"), default="fedavg")
-    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
+    _add_round_options(p)
     _add_train_options(p)
+    p = fed.add_parser(
+        "server",
+        help="coordinate a real federation: a Flower SuperLink plus this run (needs --data: held-out groups)",
+    )
+    p.add_argument("--out", required=True, help="run folder (written when the run ends)")
+    p.add_argument("--sites", type=int, required=True, help="sites expected to connect")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=9092)
+    _add_tls_options(p, server=True)
+    _add_round_options(p)
+    _add_train_options(p)
+    p = fed.add_parser("client", help="one site: a Flower SuperNode that trains on --data and sends weights")
+    p.add_argument("--data", required=True, help="this site's class-folder dataset (never leaves the site)")
+    p.add_argument("--superlink", default="127.0.0.1:9092", help="the coordinator's HOST:PORT")
+    p.add_argument("--site", type=int, default=0, help="this site's number in the coordinator's records")
+    p.add_argument(
+        "--runtime-port", type=int, default=None, help="local port of the SuperNode's app API (default 9094)"
+    )
+    _add_tls_options(p, server=False)
 
     sub.add_parser("models", help="list the model registry")
 
@@ -404,25 +447,48 @@ FEDERATED_HINT = "federated training needs the optional extra: pip install 'lung
 
 def cmd_federated(args) -> int:
     try:
+        from lungct.federated.coordinator import RoundPlan
+        from lungct.federated.deploy import Tls, run_client, run_server
         from lungct.federated.simulate import simulate
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] in ("flwr", "ray"):
             print(f"lungct: error: {FEDERATED_HINT}", file=sys.stderr)
             return 2
         raise
-    cfg = _config_from_args(args)
-    simulate(
-        cfg,
-        args.out,
+    tls = None
+    if args.ca_cert:
+        cert, key = (getattr(args, k, None) for k in ("cert", "key"))
+        tls = Tls(Path(args.ca_cert), Path(cert) if cert else None, Path(key) if key else None)
+    if args.fed_command == "client":
+        return run_client(
+            args.superlink,
+            args.data,
+            args.site,
+            tls=tls,
+            insecure=args.insecure,
+            runtime_port=args.runtime_port,
+        )
+    plan = RoundPlan(
         sites=args.sites,
         rounds=args.rounds,
-        alpha=args.alpha,
         local_epochs=args.local_epochs,
         fraction=args.fraction,
         strategy=args.strategy,
         proximal_mu=args.mu,
-        progress=not args.quiet,
+        fedbn=args.fedbn,
+        dp_noise=args.dp_noise,
+        dp_clip=args.dp_clip,
+        round_timeout_s=args.round_timeout,
+        min_sites=args.min_sites,
     )
+    cfg = _config_from_args(args)
+    if args.fed_command == "simulate":
+        simulate(cfg, args.out, plan, alpha=args.alpha, progress=not args.quiet)
+    else:
+        if not args.data and not os.environ.get("LUNGCT_DATA"):
+            print("lungct: error: the server needs --data: its own labelled held-out folder", file=sys.stderr)
+            return 2
+        run_server(cfg, args.out, plan, host=args.host, port=args.port, tls=tls, insecure=args.insecure)
     _print_summary(Path(args.out))
     return 0
 

@@ -1,6 +1,7 @@
 """What one site does in a federated round, with no Flower in it: load its own slices, run lungct's
 training loop (:func:`lungct.model.train.fit`) for a few local epochs from the global weights, and
-return the new weights. FedProx adds its proximal term through ``fit``'s regulariser hook.
+return the new weights. FedProx adds its proximal term through ``fit``'s regulariser hook; FedBN keeps
+the site's own batch-norm layers (:func:`batch_norm_keys`, :func:`keep_local`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from lungct.config import TrainConfig, make_config
+from lungct.data.discovery import list_dataset
 from lungct.data.manifest import read_manifest
 from lungct.model.network import build_network
 from lungct.model.registry import get_spec
@@ -48,6 +50,57 @@ def site_data(spec_path: str, site: int) -> tuple[TrainConfig, np.ndarray, np.nd
         load_images([root / r.path for r in rows], pre, progress=False),
         np.array([r.label for r in rows]),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def folder_data(config_json: str, data_dir: str) -> tuple[TrainConfig, np.ndarray, np.ndarray]:
+    """(config, uint8 images (N, S, S), labels (N,)) of a site's own class-folder dataset (deployment:
+    the SuperNode's ``data`` node config). The config comes from the coordinator, the images never leave."""
+    cfg = make_config(json.loads(config_json))
+    samples = list_dataset(Path(data_dir), cfg.class_map).samples
+    pre = preprocess_config(cfg, get_spec(cfg.model).input_size)
+    return (
+        cfg,
+        load_images([s.path for s in samples], pre, progress=False),
+        np.array([s.label for s in samples]),
+    )
+
+
+def batch_norm_keys(model_name: str) -> frozenset[str]:
+    """State-dict keys of the batch-norm layers (weights, biases, running statistics) of a model."""
+    net = build_network(model_name, pretrained="none")[0]
+    prefixes = [n for n, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return frozenset(k for k in net.state_dict() if any(k.startswith(p + ".") for p in prefixes))
+
+
+def keep_local(
+    global_state: dict[str, torch.Tensor], local_state: dict[str, torch.Tensor] | None, keys: frozenset[str]
+) -> dict[str, torch.Tensor]:
+    """FedBN: the global weights with this site's own values at ``keys`` (from its previous round)."""
+    if not local_state:
+        return global_state
+    return {k: (local_state[k] if k in keys and k in local_state else v) for k, v in global_state.items()}
+
+
+@torch.no_grad()
+def refresh_batch_norm(
+    cfg: TrainConfig, state: dict[str, torch.Tensor], images: np.ndarray, batch_size: int = 32
+) -> dict[str, torch.Tensor]:
+    """Re-estimate the batch-norm running statistics of a weight set from unlabelled uint8 images
+    (N, S, S). Under central DP the noise also lands on the averaged statistics (a variance can turn
+    negative), so the coordinator recomputes them on its own validation images."""
+    net = build_network(cfg.model, pretrained="none")[0]
+    net.load_state_dict(state)
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) == 0:
+        return state
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    net.train()
+    for i in range(0, len(images), batch_size):
+        net(torch.as_tensor(images[i : i + batch_size])[:, None].float() / 255.0)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def proximal_term(global_state: dict[str, torch.Tensor], mu: float) -> Callable[[nn.Module], torch.Tensor]:
