@@ -53,15 +53,15 @@ class Federation:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
         )  # fmt: skip
         threading.Thread(target=self._collect, daemon=True).start()
-        self.clients = [
-            subprocess.Popen(
-                [sys.executable, "-m", "lungct", "federated", "client", "--data", str(sites[f"site{k}"]),
-                 "--site", str(k), "--superlink", f"127.0.0.1:{self.port}", "--insecure",
-                 "--runtime-port", str(_free_port())],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-            )  # fmt: skip
-            for k in range(2)
-        ]
+        self.clients = [self._client(sites, k, env) for k in range(2)]
+
+    def _client(self, sites: dict[str, Path], k: int, env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lungct", "federated", "client", "--data", str(sites[f"site{k}"]),
+             "--site", str(k), "--superlink", f"127.0.0.1:{self.port}", "--insecure",
+             "--runtime-port", str(_free_port())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )  # fmt: skip
 
     def _collect(self) -> None:
         assert self.server.stdout is not None
