@@ -103,6 +103,16 @@ def _add_tls_options(p: argparse.ArgumentParser, server: bool) -> None:
     )
 
 
+def _add_pacs_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="run folder of the model")
+    p.add_argument("--url", help="DICOMweb root of the PACS, e.g. http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--orthanc-url", help="Orthanc REST root for rollback (default: --url without /dicom-web)")
+    p.add_argument("--user", help="HTTP basic-auth user (password: $LUNGCT_PACS_PASSWORD or --password-file)")
+    p.add_argument("--password-file", help="file holding the basic-auth password")
+    p.add_argument("--token-file", help="file holding a bearer token (else $LUNGCT_PACS_TOKEN)")
+    p.add_argument("--top", type=int, default=3, help="most suspicious slices explained and referenced")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="lungct",
@@ -212,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime-port", type=int, default=None, help="local port of the SuperNode's app API (default 9094)"
     )
     _add_tls_options(p, server=False)
+
+    p = sub.add_parser(
+        "pacs", help="analyse a CT study on a DICOMweb PACS and store the result back (SR + Grad-CAM)"
+    )
+    _add_pacs_options(p)
+    p.add_argument("--study", help="Study Instance UID to analyse")
+    p.add_argument("--series", help="CT Series Instance UID (default: the study's largest CT series)")
+    p.add_argument("--dry-run", metavar="DIR", help="write the DICOM outputs to DIR instead of storing them")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    pacs_sub = p.add_subparsers(dest="pacs_command")
+    p = pacs_sub.add_parser("watch", help="analyse every new CT study once (state kept across restarts)")
+    _add_pacs_options(p)
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between polls (default 30)")
+    p.add_argument("--state", default="lungct-pacs-state.json", help="state file (written atomically)")
+    p.add_argument("--once", action="store_true", help="one poll, no waiting for stable studies, then exit")
 
     sub.add_parser("models", help="list the model registry")
 
@@ -442,6 +467,60 @@ def cmd_serve(args) -> int:
     return 0
 
 
+PACS_HINT = "the PACS round trip needs the optional extra: pip install 'lungct[pacs]'"
+
+
+def cmd_pacs(args) -> int:
+    """``lungct pacs --study UID`` (one study) or ``lungct pacs watch`` (every new CT study)."""
+    from lungct.errors import LungctError
+
+    if not args.run or not args.url:
+        raise LungctError("lungct pacs needs --run RUN and --url DICOMWEB_URL")
+    try:
+        from lungct.pacs.client import PacsAuth, PacsClient
+        from lungct.pacs.roundtrip import round_trip
+        from lungct.pacs.watch import Watcher
+    except ImportError as exc:
+        if exc.name and exc.name.split(".")[0] in ("highdicom", "dicomweb_client"):
+            print(f"lungct: error: {PACS_HINT}", file=sys.stderr)
+            return 2
+        raise
+    from lungct.model.predictor import Predictor
+
+    auth = PacsAuth.from_options(args.user, args.password_file, args.token_file)
+    client = PacsClient(args.url, auth, rest_url=args.orthanc_url)
+    predictor = Predictor.from_run(args.run)
+    if args.pacs_command == "watch":
+        watcher = Watcher(client, predictor, args.state, top_k=args.top, settle=not args.once)
+        if args.once:
+            done = watcher.poll_once()
+            print(f"analysed {len(done)} new CT stud{'y' if len(done) == 1 else 'ies'}; state: {args.state}")
+            return 0
+        watcher.run(args.poll)
+        return 0
+    if not args.study:
+        raise LungctError("lungct pacs needs --study STUDY_UID (or the subcommand 'watch')")
+    res = round_trip(
+        client, predictor, args.study, series_uid=args.series, dry_run=args.dry_run, top_k=args.top
+    )
+    if args.json:
+        print(json.dumps(res, indent=2, allow_nan=False))
+        return 0
+    probs = "  ".join(f"{k} {v:.3f}" for k, v in res["probabilities"].items())
+    print(
+        f"{res['decision'].upper()} ({probs}; malignant threshold {res['threshold']:.3f}; "
+        f"{res['n_assessed']} of {res['n_slices']} slices assessed; {res['timing_s']['total']:.1f} s)"
+    )
+    for t in res["top_slices"]:
+        print(f"  slice {t['index']}: p(malignant) {t['malignant_probability']:.3f} -> {t['decision']}")
+    if res["stored"]:
+        print(f"stored into the study: SR series {res['stored']['sr_series_uid']}")
+        print(f"                       Grad-CAM series {res['stored']['sc_series_uid']}")
+    else:
+        print("dry run: " + ", ".join(res["files"]))
+    return 0
+
+
 FEDERATED_HINT = "federated training needs the optional extra: pip install 'lungct[federated]'"
 
 
@@ -556,6 +635,7 @@ COMMANDS = {
     "explain": cmd_explain,
     "serve": cmd_serve,
     "federated": cmd_federated,
+    "pacs": cmd_pacs,
     "models": cmd_models,
     "run": cmd_run,
 }

@@ -178,6 +178,10 @@ def analyse(
     return Outputs(study.study_uid, sr, captures, result, timing)
 
 
+class RollbackFailed(PacsStoreError):
+    """A STOW failed and the partly stored result could not be removed (the message names the series)."""
+
+
 def output_state(client: PacsClient, out_series: dict[str, int], study_uid: str) -> str:
     """'complete' when every output series holds its expected number of instances, 'absent' when none
     of them exists, else 'partial'. ``out_series``: {series UID: expected instances}."""
@@ -209,7 +213,7 @@ def store_outputs(client: PacsClient, out: Outputs) -> None:
     except PacsError as exc:
         left = rollback(client, [out.sr_series_uid, out.sc_series_uid])
         if left:
-            raise PacsStoreError(
+            raise RollbackFailed(
                 f"{exc}; removing the partly stored result FAILED: delete series {', '.join(left)} by hand"
             ) from None
         raise PacsStoreError(f"{exc}; the partly stored result was removed (nothing kept)") from None
