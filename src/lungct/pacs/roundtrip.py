@@ -33,6 +33,7 @@ from lungct.model.decision import MALIGNANT
 from lungct.model.predictor import Predictor
 from lungct.pacs.capture import build_capture, captioned_overlay
 from lungct.pacs.client import PacsClient, PacsError, PacsStoreError, short_uid
+from lungct.pacs.identity import keep_linking_only
 from lungct.pacs.sr import STATEMENT, CaseResult, SliceFinding, build_sr
 from lungct.pacs.study import CtStudy, StudyError, load_ct_study
 
@@ -132,6 +133,8 @@ def analyse(
         ]
         rgb, factor = captioned_overlay(study.slices[ok[j]].image, e.heatmap, lines)
         captures.append(build_capture(study.datasets[ok[j]], rgb, factor, sc_series, generate_uid(), rank))
+    for ds in (sr, *captures):
+        keep_linking_only(ds)
     t3 = time.perf_counter()
     slices = []
     by_index = dict(zip(ok, preds, strict=True))

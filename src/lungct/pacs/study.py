@@ -118,26 +118,31 @@ def check_stack(slices: list[Slice], datasets: list[Dataset], ref: str) -> tuple
     return order, basis
 
 
-def load_ct_study(
-    client: PacsClient, study_uid: str, series_uid: str | None = None, window: Window = LUNG_WINDOW
+def study_from_datasets(
+    study_uid: str, series_uid: str, datasets: list[Dataset], window: Window = LUNG_WINDOW
 ) -> CtStudy:
-    """QIDO the study's series, choose the CT series, WADO it, decode, guard and order its slices."""
+    """Decode and guard every instance (the one input guard) and order the stack; StudyError when the
+    series is empty, not CT, or has duplicate or missing slices."""
     ref = short_uid(study_uid)
-    info = choose_ct_series(study_uid, client.series(study_uid), series_uid)
-    datasets = client.retrieve_series(study_uid, info.uid)
     if not datasets:
-        raise StudyError(f"series {short_uid(info.uid)} of study {ref} has no instances")
+        raise StudyError(f"series {short_uid(series_uid)} of study {ref} has no instances")
     slices = [decode_slice(_part10(ds), f"slice {k + 1}", window) for k, ds in enumerate(datasets)]
-    modalities = {s.dicom.modality for s in slices if s.dicom is not None}
+    modalities = {str(s.dicom.modality) for s in slices if s.dicom is not None}
     if modalities != {"CT"}:
-        raise StudyError(
-            f"series of study {ref} holds {', '.join(sorted(map(str, modalities)))} instances, not CT"
-        )
+        raise StudyError(f"series of study {ref} holds {', '.join(sorted(modalities))} instances, not CT")
     order, basis = check_stack(slices, datasets, ref)
     return CtStudy(
         study_uid=study_uid,
-        series_uid=info.uid,
+        series_uid=series_uid,
         datasets=[datasets[i] for i in order],
         slices=[slices[i] for i in order],
         order=basis,
     )
+
+
+def load_ct_study(
+    client: PacsClient, study_uid: str, series_uid: str | None = None, window: Window = LUNG_WINDOW
+) -> CtStudy:
+    """QIDO the study's series, choose the CT series, WADO it, decode, guard and order its slices."""
+    info = choose_ct_series(study_uid, client.series(study_uid), series_uid)
+    return study_from_datasets(study_uid, info.uid, client.retrieve_series(study_uid, info.uid), window)

@@ -583,6 +583,8 @@ def create_app(
     body_timeout_s: float = 60.0,
     max_stored_mpx: float = 80,
     feedback_log: str | Path | None = None,
+    pacs_url: str | None = None,
+    pacs_auth: Any = None,
 ) -> FastAPI:
     """The workstation app around an already loaded predictor.
 
@@ -596,7 +598,9 @@ def create_app(
     ``max_concurrent``: requests worked on at once (the worker-thread pool; others wait);
     ``body_timeout_s``: a request body must arrive within this time (408 otherwise);
     ``max_stored_mpx``: decoded megapixels of recent studies kept in memory for viewing any slice;
-    ``feedback_log``: JSON-lines file for reader agree/disagree (None: feedback off).
+    ``feedback_log``: JSON-lines file for reader agree/disagree (None: feedback off);
+    ``pacs_url`` / ``pacs_auth``: a DICOMweb PACS (and its :class:`lungct.pacs.PacsAuth`) whose CT
+    studies the page can list and analyse (``/api/v1/pacs/*``, see :mod:`lungct.serve.pacs_api`).
     """
     if explain_method not in METHODS:
         raise LungctError(
@@ -634,6 +638,12 @@ def create_app(
     app.state.workstation = ctx.ws
     _install_error_handlers(app)
     app.include_router(_api_router(ctx, token))
+    if pacs_url:
+        from lungct.pacs.client import PacsClient
+        from lungct.serve.pacs_api import pacs_router
+
+        pacs = PacsClient(pacs_url, pacs_auth)
+        app.include_router(pacs_router(pacs, ctx.ws, Depends(_token_dependency(token))), responses=ERRORS)
     _add_page(app, model_ref)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -692,6 +702,8 @@ def serve(
     allowed_hosts: list[str] | None = None,
     max_concurrent: int = 8,
     feedback_log: str | Path | None = None,
+    pacs_url: str | None = None,
+    pacs_auth: Any = None,
 ) -> None:
     """Load the run's model once and serve the workstation with uvicorn (one worker) until stopped."""
     import torch
@@ -713,6 +725,8 @@ def serve(
         allowed_hosts=[*(allowed_hosts or LOOPBACK_HOSTS), *([] if host in LOOPBACK else [host])],
         max_concurrent=max_concurrent,
         feedback_log=feedback_log,
+        pacs_url=pacs_url,
+        pacs_auth=pacs_auth,
     )
 
     config = copy.deepcopy(LOGGING_CONFIG)
