@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=None, help="origin allowed to call the API (repeatable)"
     )
     p.add_argument("--max-concurrent", type=int, default=8, help="requests worked on at once")
+    p.add_argument("--pacs", metavar="URL", help="DICOMweb root of a PACS the page can list and analyse")
+    p.add_argument("--pacs-user", help="PACS basic-auth user (password: $LUNGCT_PACS_PASSWORD)")
+    p.add_argument("--pacs-token-file", help="file holding a PACS bearer token (else $LUNGCT_PACS_TOKEN)")
 
     p = sub.add_parser("federated", help="federated training across sites (Flower)")
     fed = p.add_subparsers(dest="fed_command", required=True)
@@ -454,6 +457,11 @@ def cmd_explain(args) -> int:
 def cmd_serve(args) -> int:
     from lungct.serve import serve
 
+    pacs_auth = None
+    if args.pacs:
+        from lungct.pacs.client import PacsAuth
+
+        pacs_auth = PacsAuth.from_options(args.pacs_user, None, args.pacs_token_file)
     serve(
         args.run,
         host=args.host,
@@ -463,6 +471,8 @@ def cmd_serve(args) -> int:
         cors_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
         max_concurrent=args.max_concurrent,
+        pacs_url=args.pacs,
+        pacs_auth=pacs_auth,
     )
     return 0
 
