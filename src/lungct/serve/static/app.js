@@ -1,11 +1,26 @@
 "use strict";
-// lungct workstation page: upload -> REST API -> result, heatmap overlay, printable report.
-// File names are never shown, sent back or put in the report: slices are "slice 1..n".
+// lungct workstation page: upload -> REST API -> case result, slice viewer over every slice with lazy
+// Grad-CAM, reader feedback, printable report. Source names are shown (traceability) but the server
+// never logs them; accession and reader stay in this page.
 
 const CLASSES = ["normal", "benign", "malignant"];
-const DISCLAIMER = "Research use only — not a diagnosis.";
 const $ = (id) => document.getElementById(id);
-const state = { kind: null, data: null, model: null, current: null };
+const state = {
+  model: null, // the model card
+  data: null, // the StudyResponse shown
+  current: 0, // 0-based index of the slice in view
+  pixels: new Map(), // "studyId/n" -> {kind, width, height, data}
+  explanations: new Map(), // "studyId/n" -> {ex, img}
+  xhr: null,
+  progressId: null,
+  poll: null,
+  wheelAcc: 0,
+  heatTimer: null,
+};
+let viewer = null;
+
+const fmtT = (t) => Number(t).toFixed(3); // the one threshold / probability format
+const pct = (p) => (100 * p).toFixed(1) + "%";
 
 function token() {
   return $("token").value.trim();
@@ -26,21 +41,30 @@ function showError(text) {
   box.hidden = !text;
 }
 
-async function errorMessage(resp) {
-  let detail = "";
+function errorText(status, body, statusText) {
+  let detail = statusText || "";
   try {
-    const body = await resp.json();
-    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    const parsed = JSON.parse(body);
+    detail = typeof parsed.detail === "string" ? parsed.detail : JSON.stringify(parsed.detail);
   } catch (e) {
-    detail = resp.statusText;
+    /* not JSON */
   }
   const what = {
     401: "Access token missing or wrong",
+    404: "Not found",
+    409: "Cancelled",
     413: "Upload too large",
     415: "Unsupported file type",
-    422: "The file could not be used",
-  }[resp.status] || (resp.status >= 500 ? "Server error" : "Request refused");
-  return `${what} (HTTP ${resp.status}): ${detail}`;
+    422: "The upload could not be used",
+  }[status] || (status >= 500 ? "Server error" : "Request refused");
+  return `${what} (HTTP ${status}): ${detail}`;
+}
+
+async function getJSON(url) {
+  const resp = await fetch(url, { headers: authHeaders() });
+  const text = await resp.text();
+  if (!resp.ok) throw new Error(errorText(resp.status, text, resp.statusText));
+  return JSON.parse(text);
 }
 
 async function loadModel() {
@@ -51,56 +75,110 @@ async function loadModel() {
       $("token-box").open = true;
       return;
     }
-    if (!resp.ok) throw new Error(await errorMessage(resp));
     const card = await resp.json();
     state.model = card;
     $("model-info").textContent =
-      `Model ${card.name} · version ${card.version} · operating threshold p(malignant) ≥ ${card.threshold.toFixed(2)}`;
+      `Model ${card.name} · version ${card.version} · malignant when p(malignant) ≥ ${fmtT(card.threshold)}`;
+    renderOperating();
   } catch (e) {
     $("model-info").textContent = "Model information unavailable: " + e.message;
   }
 }
 
-async function isZip(file) {
-  const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
-  return head.length === 4 && head[0] === 0x50 && head[1] === 0x4b && (head[2] === 3 || head[2] === 5);
+// ---------------------------------------------------------------- upload with progress and cancel
+
+function newId() {
+  const a = new Uint8Array(12);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function analyse(files) {
-  showError("");
-  if (!files.length) return;
-  const study = files.length > 1 || (await isZip(files[0]));
-  const form = new FormData();
-  files.forEach((f, i) => form.append(study ? "files" : "file", f, `upload-${i + 1}`));
-  const url = study ? "/api/v1/studies?explain_top=3" : "/api/v1/predict?explain=true";
-  $("result").hidden = true; // never leave an earlier result next to a new upload
-  state.data = null;
-  setStatus(study ? `Analysing ${files.length === 1 ? "archive" : files.length + " slices"}…` : "Analysing slice…");
-  document.body.classList.add("busy");
-  try {
-    const resp = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
-    if (!resp.ok) {
-      if (resp.status === 401) $("token-box").open = true;
-      showError(await errorMessage(resp));
-      setStatus("");
-      return;
-    }
-    const data = await resp.json();
-    if (study) renderStudy(data);
-    else renderSingle(data);
-    setStatus(`Done in ${Math.round(data.timing_ms)} ms (request ${data.request_id}).`);
-    if (!state.model) loadModel();
-  } catch (e) {
-    showError("Cannot reach the lungct server: " + e.message);
-    setStatus("");
-  } finally {
-    document.body.classList.remove("busy");
+function setBusy(on) {
+  document.body.classList.toggle("busy", on);
+  $("progress-row").hidden = !on;
+  if (!on) {
+    clearInterval(state.poll);
+    state.poll = null;
+    state.xhr = null;
   }
 }
 
-function pct(p) {
-  return (100 * p).toFixed(1) + "%";
+function pollProgress(id) {
+  state.poll = setInterval(async () => {
+    try {
+      const p = await getJSON(`/api/v1/progress/${id}`);
+      if (!state.xhr || p.stage === "unknown") return;
+      if (p.total) {
+        $("progress").value = Math.round((100 * p.done) / p.total);
+        setStatus(`${p.stage[0].toUpperCase() + p.stage.slice(1)} ${p.done} of ${p.total} slices…`);
+      }
+    } catch (e) {
+      /* progress is best effort */
+    }
+  }, 400);
 }
+
+function analyse(files) {
+  showError("");
+  if (!files.length) return;
+  if (state.xhr) cancel();
+  const form = new FormData();
+  files.forEach((f) => form.append("files", f, f.webkitRelativePath || f.name));
+  const id = newId();
+  state.progressId = id;
+  $("result").hidden = true; // never leave an earlier result next to a new upload
+  state.data = null;
+  const xhr = new XMLHttpRequest();
+  state.xhr = xhr;
+  xhr.open("POST", `/api/v1/studies?explain_top=0&mixed=split&progress_id=${id}`);
+  for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
+  $("progress").removeAttribute("value");
+  setBusy(true);
+  setStatus(`Uploading ${files.length} file${files.length > 1 ? "s" : ""}…`);
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) {
+      $("progress").value = Math.round((100 * e.loaded) / e.total);
+      setStatus(`Uploading… ${Math.round((100 * e.loaded) / e.total)}%`);
+    }
+  };
+  xhr.upload.onload = () => {
+    setStatus("Analysing…");
+    $("progress").removeAttribute("value");
+  };
+  xhr.onload = () => {
+    const ok = xhr.status >= 200 && xhr.status < 300;
+    setBusy(false);
+    if (!ok) {
+      if (xhr.status === 401) $("token-box").open = true;
+      showError(errorText(xhr.status, xhr.responseText, xhr.statusText));
+      setStatus("");
+      return;
+    }
+    const data = JSON.parse(xhr.responseText);
+    renderStudy(data, true);
+    setStatus(`Done in ${Math.round(data.timing_ms)} ms (request ${data.request_id}).`);
+    if (!state.model) loadModel();
+  };
+  xhr.onerror = () => {
+    setBusy(false);
+    showError("Cannot reach the lungct server.");
+    setStatus("");
+  };
+  xhr.onabort = () => {
+    setBusy(false);
+    setStatus("Cancelled.");
+  };
+  xhr.send(form);
+  pollProgress(id);
+}
+
+function cancel() {
+  const id = state.progressId;
+  if (id) fetch(`/api/v1/progress/${id}/cancel`, { method: "POST", headers: authHeaders() }).catch(() => {});
+  if (state.xhr) state.xhr.abort();
+}
+
+// ---------------------------------------------------------------- result panel
 
 function renderProbs(probs, threshold) {
   const box = $("probs");
@@ -117,6 +195,7 @@ function renderProbs(probs, threshold) {
     label.textContent = c;
     const track = document.createElement("div");
     track.className = "prob-track";
+    track.setAttribute("aria-hidden", "true");
     const bar = document.createElement("div");
     bar.className = "prob-bar " + c;
     bar.style.width = pct(probs[c]);
@@ -125,7 +204,7 @@ function renderProbs(probs, threshold) {
       const mark = document.createElement("div");
       mark.className = "threshold-mark";
       mark.style.left = pct(threshold);
-      mark.title = "operating threshold " + threshold.toFixed(2);
+      mark.title = "operating threshold " + fmtT(threshold);
       track.appendChild(mark);
     }
     const value = document.createElement("span");
@@ -135,121 +214,164 @@ function renderProbs(probs, threshold) {
     box.appendChild(row);
   }
   $("threshold-note").textContent =
-    `The line on the malignant bar marks the operating threshold (${threshold.toFixed(2)}): at or above it the decision is "malignant".`;
+    `The line on the malignant bar marks the operating threshold (${fmtT(threshold)}): at or above it the ` +
+    `decision is "malignant", whichever bar is longest.`;
 }
 
-function setDecision(decision, text, assessed) {
-  const el = $("decision");
-  el.textContent = assessed ? decision : "Not assessed";
-  el.className = "decision " + (assessed ? decision : "not-assessed");
-  $("decision-detail").textContent = text;
+function fmtMeasure(m) {
+  if (!m || m.value === null || m.value === undefined) return "not measured";
+  const ci = m.ci95 ? ` (95 % CI ${m.ci95[0].toFixed(2)}–${m.ci95[1].toFixed(2)})` : "";
+  return m.value.toFixed(2) + ci;
 }
 
-function showSlice(slice, caption) {
-  state.current = slice;
-  const ex = slice && slice.explanation;
-  $("viewer").hidden = !slice || (!ex && !slice.assessed);
-  $("viewer").classList.toggle("no-ex", !ex);
-  $("viewer-caption").textContent = caption;
-  $("no-overlay").hidden = !!ex;
-  if (!ex) return;
-  $("base-image").src = "data:image/png;base64," + ex.image_png;
-  $("overlay").src = "data:image/png;base64," + ex.heatmap_png;
-  applyOpacity();
-}
-
-function applyOpacity() {
-  const v = Number($("opacity").value);
-  $("overlay").style.opacity = String(v / 100);
-  $("opacity-value").textContent = v + "%";
-}
-
-function renderOod(slice) {
-  const note = $("ood-note");
-  note.hidden = !slice.ood.flagged;
-  note.textContent = slice.ood.flagged
-    ? "This input does not look like an axial chest CT slice (" + slice.ood.reason +
-      "). No diagnosis is given for it."
-    : "";
-}
-
-function renderSingle(data) {
-  state.kind = "single";
-  state.data = data;
-  $("result").hidden = false;
-  $("study").hidden = true;
-  $("case-box").hidden = true;
-  $("result-title").textContent = "Slice result";
-  $("probs-title").textContent = "Calibrated probabilities";
-  setDecision(data.decision, data.decision_text, data.assessed);
-  renderOod(data);
-  renderProbs(data.probabilities, data.threshold);
-  showSlice(data, `${data.image.width} × ${data.image.height} px ${data.image.format}`);
-  $("result").scrollIntoView({ behavior: "smooth", block: "start" });
-}
-
-function renderStudy(data) {
-  state.kind = "study";
-  state.data = data;
-  const c = data.case;
-  $("result").hidden = false;
-  $("study").hidden = false;
-  $("case-box").hidden = false;
-  $("ood-note").hidden = true;
-  $("result-title").textContent = `Case result (${c.n_slices} slices)`;
-  setDecision(c.decision, c.decision_text, c.decision !== null);
-  const stats = c.n_assessed
-    ? `Assessed ${c.n_assessed} of ${c.n_slices} slices · mean p(malignant) ${c.mean_malignant_probability.toFixed(2)}` +
-      ` · max ${c.max_malignant_probability.toFixed(2)} · ${c.n_above_threshold} at or above threshold`
-    : `None of the ${c.n_slices} slices looks like an axial chest CT slice.`;
-  $("case-stats").textContent = stats + (data.warnings.length ? " · " + data.warnings.join("; ") : "");
-  $("case-rule").textContent = c.rule;
-  renderProbs(c.case_probabilities, c.threshold);
-  $("probs-title").textContent = `Case probabilities (${c.aggregation} over assessed slices)`;
-  renderTop(data);
-  renderTable(data);
-  const first = data.top.length ? data.slices[data.top[0] - 1] : null;
-  showSlice(first, first ? `Most suspicious: ${first.label} — ${first.decision_text}` : "");
-  $("result").scrollIntoView({ behavior: "smooth", block: "start" });
-}
-
-function renderTop(data) {
-  const list = $("top-slices");
-  list.replaceChildren();
-  for (const idx of data.top.slice(0, 10)) {
-    const s = data.slices[idx - 1];
-    const li = document.createElement("li");
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.className = "top-slice";
-    if (s.explanation) {
-      const img = document.createElement("img");
-      img.src = "data:image/png;base64," + s.explanation.overlay_png;
-      img.alt = s.label + " overlay";
-      btn.appendChild(img);
+/** The operating point in words, from the model card (the run's metrics.json). */
+function operatingText() {
+  const card = state.model;
+  if (!card || !card.operating_point) return "";
+  const op = card.operating_point;
+  let text = `A slice or case is called malignant when its calibrated p(malignant) reaches ` +
+    `${fmtT(op.malignant_threshold)}; otherwise benign when the benign share of the rest reaches ` +
+    `${fmtT(op.benign_threshold)}, else normal. The case uses the ${op.case_aggregation} of its slices' ` +
+    `probabilities — the rule the evaluation measured.`;
+  if (op.fitted_on) text += ` The thresholds were fitted on ${op.fitted_on}.`;
+  const s = op.slice;
+  const c = op.case;
+  if (s) {
+    text += ` On the held-out test split (${s.n} slices from ${s.n_groups} scans never used for training)` +
+      ` this rule found malignant slices with sensitivity ${fmtMeasure(s["malignant.sensitivity"])}` +
+      ` at specificity ${fmtMeasure(s["malignant.specificity"])}`;
+    if (c) {
+      text += `; per scan, sensitivity ${fmtMeasure(c["malignant.sensitivity"])} at specificity ` +
+        `${fmtMeasure(c["malignant.specificity"])} (${c.n} scans)`;
     }
-    const txt = document.createElement("span");
-    txt.textContent = `${s.label}: p(malignant) ${s.malignant_probability.toFixed(2)} — ${s.decision}`;
-    btn.appendChild(txt);
-    btn.addEventListener("click", () => showSlice(s, `${s.label} — ${s.decision_text}`));
-    li.appendChild(btn);
+    text += ".";
+  } else {
+    text += " This run folder has no test metrics: sensitivity and specificity are unknown.";
+  }
+  return text;
+}
+
+function renderOperating() {
+  $("operating").textContent = operatingText();
+  const list = $("limits");
+  list.replaceChildren();
+  for (const line of (state.model && state.model.known_limits) || []) {
+    const li = document.createElement("li");
+    li.textContent = line;
     list.appendChild(li);
   }
-  if (!data.top.length) {
+  $("feedback").hidden = !(state.model && state.model.feedback) || !state.data;
+}
+
+function sliceFlag(c, withSource = true) {
+  if (c.decision === null || !c.n_assessed) return "";
+  if (c.n_above_threshold === 0) return "";
+  const n = c.n_above_threshold;
+  const s = state.data.slices[c.most_suspicious_slice - 1];
+  const src = withSource && s && s.source ? " (" + s.source + ")" : "";
+  const where = `most suspicious: slice ${c.most_suspicious_slice}${src}` +
+    `, p(malignant) ${fmtT(c.max_malignant_probability)}`;
+  if (c.decision === "malignant") return `${n} of ${c.n_assessed} slices reach the malignant threshold — ${where}`;
+  return `⚑ ${n} of ${c.n_assessed} slices reach${n > 1 ? "" : "es"} the malignant ` +
+    `threshold on ${n > 1 ? "their" : "its"} own — review ${n > 1 ? "them" : "it"} (${where})`;
+}
+
+function renderStudy(data, fresh) {
+  state.data = data;
+  const c = data.case;
+  const single = c.n_slices === 1;
+  $("result").hidden = false;
+  $("result-title").textContent = single ? "Slice result" : `Case result (${c.n_slices} slices)`;
+  const el = $("decision");
+  el.textContent = c.decision === null ? "Not assessed" : c.decision;
+  el.className = "decision " + (c.decision === null ? "not-assessed" : c.decision);
+  const flag = single ? "" : sliceFlag(c);
+  $("slice-flag").textContent = flag;
+  $("slice-flag").hidden = !flag;
+  $("slice-flag").classList.toggle("review", c.decision !== "malignant");
+  $("decision-detail").textContent = single ? data.slices[0].decision_text : c.decision_text;
+  const probs = c.case_probabilities;
+  const argmax = probs ? CLASSES.reduce((a, b) => (probs[b] > probs[a] ? b : a)) : null;
+  const note = $("argmax-note");
+  note.hidden = !(probs && c.decision === "malignant" && argmax !== "malignant");
+  note.textContent = note.hidden ? "" :
+    `"Malignant" although ${argmax} has the longest bar: the threshold on p(malignant) ` +
+    `(${fmtT(c.threshold)}) is set low so that few cancers are missed; see what the operating point means below.`;
+  const warnings = $("warnings");
+  warnings.replaceChildren();
+  for (const w of data.warnings) {
     const li = document.createElement("li");
-    li.textContent = "No slice was assessed.";
-    list.appendChild(li);
+    li.textContent = w;
+    warnings.appendChild(li);
+  }
+  warnings.hidden = !data.warnings.length;
+  const ood = single && !data.slices[0].assessed;
+  $("ood-note").hidden = !ood;
+  $("ood-note").textContent = ood
+    ? `This input does not look like an axial chest CT slice (${data.slices[0].ood.reason}). No diagnosis is given.`
+    : "";
+  renderProbs(probs, c.threshold);
+  $("probs-title").textContent = single ? "Calibrated probabilities" :
+    `Case probabilities (${c.aggregation} over ${c.n_assessed} assessed slices)`;
+  $("case-rule").textContent = c.rule;
+  renderScans(data);
+  renderTable(data);
+  renderOperating();
+  $("feedback-status").textContent = "";
+  const start = c.most_suspicious_slice ? c.most_suspicious_slice - 1 : 0;
+  $("slice-slider").max = String(data.slices.length);
+  showSlice(start);
+  $("announce").textContent = `${single ? "Slice" : "Case"} result: ${el.textContent}. ${flag}`;
+  if (fresh) {
+    $("result").scrollIntoView({ behavior: "instant", block: "start" });
+    $("result-title").focus({ preventScroll: true });
+  }
+}
+
+function renderScans(data) {
+  const box = $("scan-picker");
+  box.hidden = !data.scans.length;
+  const buttons = $("scan-buttons");
+  buttons.replaceChildren();
+  if (!data.scans.length) return;
+  $("scan-note").textContent = `This upload held ${data.scans.length} different scans; each is analysed as ` +
+    `its own case. Showing scan ${data.scan}.`;
+  for (const s of data.scans) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "secondary scan-btn";
+    b.textContent = `Scan ${s.scan}: ${s.n_slices} slices, ${s.decision || "not assessed"}` +
+      (s.n_above_threshold ? `, ${s.n_above_threshold} at threshold` : "") + ` — ${s.first_source}`;
+    b.setAttribute("aria-pressed", String(s.scan === data.scan));
+    b.addEventListener("click", async () => {
+      try {
+        renderStudy(await getJSON(`/api/v1/studies/${s.study_id}`), false);
+      } catch (e) {
+        showError(e.message);
+      }
+    });
+    buttons.appendChild(b);
   }
 }
 
 function renderTable(data) {
   const body = $("slice-table").querySelector("tbody");
   body.replaceChildren();
-  for (const s of data.slices) {
+  data.slices.forEach((s, i) => {
     const tr = document.createElement("tr");
+    tr.id = "row-" + (i + 1);
+    const first = document.createElement("td");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "row-btn";
+    btn.textContent = String(s.index);
+    btn.setAttribute("aria-label", `Show slice ${s.index}`);
+    btn.addEventListener("click", () => showSlice(i));
+    first.appendChild(btn);
+    tr.appendChild(first);
     const cells = [
-      s.label,
-      s.assessed ? s.malignant_probability.toFixed(3) : "—",
+      s.source + (s.instance_number !== null ? ` (instance ${s.instance_number})` : ""),
+      s.assessed ? fmtT(s.malignant_probability) : "—",
       s.assessed ? s.decision : "not assessed (" + s.ood.reason + ")",
       s.position_mm === null ? "" : s.position_mm.toFixed(1) + " mm",
     ];
@@ -258,13 +380,33 @@ function renderTable(data) {
       td.textContent = text;
       tr.appendChild(td);
     }
-    if (s.assessed && s.decision === "malignant") tr.className = "malignant-row";
-    tr.addEventListener("click", () => showSlice(s, `${s.label} — ${s.decision_text}`));
+    if (s.assessed && s.decision === "malignant") tr.classList.add("malignant-row");
+    tr.addEventListener("click", (e) => {
+      if (e.target.tagName !== "BUTTON") showSlice(i);
+    });
     body.appendChild(tr);
-  }
+  });
 }
 
-// ---------------------------------------------------------------- report (built here, no names)
+// ---------------------------------------------------------------- slice viewer
+
+async function fetchPixels(studyId, n) {
+  const key = `${studyId}/${n}`;
+  if (state.pixels.has(key)) return state.pixels.get(key);
+  const resp = await fetch(`/api/v1/studies/${studyId}/slices/${n}/pixels`, { headers: authHeaders() });
+  if (!resp.ok) throw new Error(errorText(resp.status, await resp.text(), resp.statusText));
+  const buf = await resp.arrayBuffer();
+  const kind = resp.headers.get("X-Pixels");
+  const px = {
+    kind,
+    width: Number(resp.headers.get("X-Width")),
+    height: Number(resp.headers.get("X-Height")),
+    data: kind === "hu" ? new Int16Array(buf) : new Uint8Array(buf),
+  };
+  if (state.pixels.size > 160) state.pixels.delete(state.pixels.keys().next().value);
+  state.pixels.set(key, px);
+  return px;
+}
 
 function loadImage(src) {
   return new Promise((resolve, reject) => {
@@ -275,111 +417,200 @@ function loadImage(src) {
   });
 }
 
-async function composite(ex, alpha) {
-  const base = await loadImage("data:image/png;base64," + ex.image_png);
-  const heat = await loadImage("data:image/png;base64," + ex.heatmap_png);
-  const canvas = document.createElement("canvas");
-  canvas.width = base.naturalWidth;
-  canvas.height = base.naturalHeight;
-  const ctx = canvas.getContext("2d");
-  ctx.drawImage(base, 0, 0);
-  ctx.globalAlpha = alpha;
-  ctx.drawImage(heat, 0, 0);
-  return canvas.toDataURL("image/png");
+async function fetchExplanation(studyId, n) {
+  const key = `${studyId}/${n}`;
+  if (state.explanations.has(key)) return state.explanations.get(key);
+  const ex = await getJSON(`/api/v1/studies/${studyId}/slices/${n}/explanation`);
+  const entry = { ex, img: await loadImage("data:image/png;base64," + ex.heatmap_png) };
+  state.explanations.set(key, entry);
+  return entry;
 }
 
-function esc(text) {
-  const d = document.createElement("div");
-  d.textContent = String(text);
-  return d.innerHTML;
+function sliceCaption(s, total) {
+  const parts = [`Slice ${s.index} of ${total}`];
+  if (s.source) parts.push(s.source);
+  if (s.instance_number !== null) parts.push(`instance ${s.instance_number}`);
+  if (s.position_mm !== null) parts.push(`z ${s.position_mm.toFixed(1)} mm`);
+  parts.push(s.assessed ? `p(malignant) ${fmtT(s.malignant_probability)} → ${s.decision}` : "not assessed");
+  return parts.join(" · ");
 }
 
-function probTable(probs, threshold) {
-  if (!probs) return "<p>No probabilities: the input was not assessed.</p>";
-  const rows = CLASSES.map((c) => `<tr><td>${c}</td><td>${pct(probs[c])}</td></tr>`).join("");
-  return `<table><tr><th>Class</th><th>Calibrated probability</th></tr>${rows}</table>
-    <p>Operating threshold on p(malignant): ${threshold.toFixed(3)}.</p>`;
-}
-
-async function buildReport() {
+async function showSlice(i) {
   const d = state.data;
-  const alpha = Number($("opacity").value) / 100;
-  const m = state.model || { name: d.model.name, version: d.model.version };
-  let body = "";
-  if (state.kind === "single") {
-    body += `<h2>Slice result</h2><p class="decision">${esc(d.decision_text)}</p>`;
-    if (d.ood.flagged) body += `<p class="warn">Not assessed: ${esc(d.ood.reason)}.</p>`;
-    body += probTable(d.probabilities, d.threshold);
-    if (d.explanation) {
-      body += `<figure><img src="${await composite(d.explanation, alpha)}" alt="overlay">
-        <figcaption>Grad-CAM heatmap (${esc(d.explanation.target_class)}), opacity ${Math.round(alpha * 100)}%.
-        Image ${d.image.width} × ${d.image.height} px.</figcaption></figure>`;
-    }
-  } else {
-    const c = d.case;
-    body += `<h2>Case result (${c.n_slices} slices, ${c.n_assessed} assessed)</h2>
-      <p class="decision">${esc(c.decision_text)}</p><p class="rule">${esc(c.rule)}</p>`;
-    body += probTable(c.case_probabilities, c.threshold);
-    if (d.warnings.length) body += `<p class="warn">${d.warnings.map(esc).join("<br>")}</p>`;
-    body += "<h3>Most suspicious slices</h3>";
-    for (const idx of d.top.slice(0, 5)) {
-      const s = d.slices[idx - 1];
-      body += `<p>${esc(s.label)}: p(malignant) ${s.malignant_probability.toFixed(3)} — ${esc(s.decision)}</p>`;
-      if (s.explanation) body += `<figure><img src="${await composite(s.explanation, alpha)}" alt="overlay"></figure>`;
-    }
-    const rows = d.slices.map((s) => `<tr><td>${esc(s.label)}</td><td>${s.assessed ? s.malignant_probability.toFixed(3) : "—"}</td>
-      <td>${esc(s.assessed ? s.decision : "not assessed")}</td></tr>`).join("");
-    body += `<h3>All slices</h3><table><tr><th>Slice</th><th>p(malignant)</th><th>Decision</th></tr>${rows}</table>`;
+  if (!d) return;
+  i = Math.max(0, Math.min(d.slices.length - 1, i));
+  state.current = i;
+  const s = d.slices[i];
+  const total = d.slices.length;
+  $("slice-caption").textContent = sliceCaption(s, total);
+  $("slice-slider").value = String(i + 1);
+  $("slice-pos").textContent = `${i + 1} / ${total}`;
+  $("view").setAttribute("aria-label", `CT slice ${i + 1} of ${total}: ${s.source || ""}`);
+  document.querySelectorAll("#slice-table tbody tr").forEach((tr, k) => {
+    tr.classList.toggle("current", k === i);
+    if (k === i) tr.setAttribute("aria-current", "true");
+    else tr.removeAttribute("aria-current");
+  });
+  revealRow($("row-" + (i + 1)));
+  try {
+    const px = await fetchPixels(d.study_id, i + 1);
+    if (state.data !== d || state.current !== i) return; // the reader moved on
+    viewer.setPixels(px);
+    $("view").dataset.slice = String(i + 1);
+    updateReadout();
+  } catch (e) {
+    showError(e.message);
+    return;
   }
-  const when = new Date().toISOString().replace("T", " ").slice(0, 16) + " UTC";
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lungct report</title><style>
-    body{font:14px/1.45 system-ui,sans-serif;max-width:800px;margin:24px auto;color:#111}
-    .banner{border:2px solid #b00020;color:#b00020;padding:8px 12px;font-weight:700;margin-bottom:16px}
-    .decision{font-size:18px;font-weight:700}.warn{color:#8a4b00}.rule{color:#444;font-size:12px}
-    table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}
-    img{max-width:100%;image-rendering:auto}figure{margin:8px 0}figcaption{font-size:12px;color:#444}
-    @media print{.banner{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
-    </style></head><body><div class="banner">${DISCLAIMER} This report contains no patient identifiers.</div>
-    <h1>lungct report</h1><p>Generated ${when} · model ${esc(m.name)} · version ${esc(m.version)}</p>
-    ${body}<p class="rule">Probabilities are calibrated on held-out slices of the training dataset and may not
-    transfer to other scanners or populations. ${DISCLAIMER}</p></body></html>`;
+  scheduleHeat(d, i);
+  for (const k of [i + 2, i, i + 3]) if (k >= 1 && k <= total) fetchPixels(d.study_id, k).catch(() => {});
 }
 
-async function downloadReport() {
+/** Scroll the slice list (not the page: the viewer must stay under the mouse) to show a row. */
+function revealRow(row) {
+  if (!row) return;
+  const wrap = row.closest(".table-wrap");
+  const head = wrap.querySelector("thead").getBoundingClientRect().height;
+  const w = wrap.getBoundingClientRect();
+  const r = row.getBoundingClientRect();
+  if (r.top < w.top + head) wrap.scrollTop -= w.top + head - r.top;
+  else if (r.bottom > w.bottom) wrap.scrollTop += r.bottom - w.bottom;
+}
+
+function scheduleHeat(d, i) {
+  clearTimeout(state.heatTimer);
+  const s = d.slices[i];
+  $("view").dataset.heat = "none";
+  if (!s.assessed || !$("heat-toggle").checked) return;
+  const key = `${d.study_id}/${i + 1}`;
+  const apply = (entry) => {
+    if (state.data !== d || state.current !== i) return;
+    viewer.setHeat(entry.img);
+    $("view").dataset.heat = `${i + 1}:${entry.ex.target_class}`;
+  };
+  if (state.explanations.has(key)) {
+    apply(state.explanations.get(key));
+    return;
+  }
+  state.heatTimer = setTimeout(async () => {
+    try {
+      apply(await fetchExplanation(d.study_id, i + 1));
+    } catch (e) {
+      /* explanation is optional: the slice stays readable */
+    }
+  }, 120);
+}
+
+function step(delta) {
+  if (state.data) showSlice(state.current + delta);
+}
+
+function updateReadout() {
+  const px = viewer.pixels;
+  if (!px) return;
+  const unit = px.kind === "hu" ? " HU" : "";
+  $("wl-readout").textContent = `${px.width} × ${px.height} px (native) · level ${Math.round(viewer.center)}${unit}` +
+    ` / width ${Math.round(viewer.width)}${unit} · zoom ${viewer.zoom.toFixed(2)}×`;
+  const sel = $("wl-preset");
+  const want = px.kind === "hu" ? "hu" : "grey";
+  if (sel.dataset.kind !== want) {
+    sel.replaceChildren();
+    for (const [name, p] of Object.entries(window.VIEW_PRESETS)) {
+      if (p.kind !== want) continue;
+      const o = document.createElement("option");
+      o.value = name;
+      o.textContent = p.label;
+      sel.appendChild(o);
+    }
+    sel.dataset.kind = want;
+  }
+}
+
+function applyOpacity() {
+  const v = Number($("opacity").value);
+  viewer.opacity = v / 100;
+  $("opacity-value").textContent = v + "%";
+  viewer.draw();
+}
+
+function isTyping(el) {
+  if (!el) return false;
+  if (el.tagName === "TEXTAREA" || el.tagName === "SELECT") return true;
+  return el.tagName === "INPUT" && !["checkbox", "button"].includes(el.type);
+}
+
+function onKey(e) {
+  if (!state.data || $("result").hidden || e.altKey || e.metaKey || e.ctrlKey) return;
+  if (isTyping(document.activeElement)) return; // the slice slider handles its own arrows
+  const keys = {
+    ArrowDown: () => step(1), ArrowRight: () => step(1), PageDown: () => step(10),
+    ArrowUp: () => step(-1), ArrowLeft: () => step(-1), PageUp: () => step(-10),
+    Home: () => showSlice(0), End: () => showSlice(state.data.slices.length - 1),
+    "+": () => viewer.zoomBy(1.25), "=": () => viewer.zoomBy(1.25), "-": () => viewer.zoomBy(0.8),
+    0: () => viewer.resetView(), h: () => $("heat-toggle").click(), H: () => $("heat-toggle").click(),
+  };
+  const f = keys[e.key];
+  if (!f) return;
+  e.preventDefault();
+  f();
+}
+
+function onWheel(e) {
   if (!state.data) return;
-  const html = await buildReport();
-  const url = URL.createObjectURL(new Blob([html], { type: "text/html" }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = "lungct-report.html";
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  e.preventDefault();
+  if (e.ctrlKey) {
+    viewer.zoomBy(e.deltaY < 0 ? 1.1 : 1 / 1.1);
+    return;
+  }
+  state.wheelAcc += e.deltaY;
+  if (Math.abs(state.wheelAcc) >= 40) {
+    step(state.wheelAcc > 0 ? 1 : -1);
+    state.wheelAcc = 0;
+  }
+}
+
+// ---------------------------------------------------------------- feedback, clear, drag and drop
+
+async function sendFeedback(agree) {
+  const d = state.data;
+  if (!d) return;
+  const body = { study_id: d.study_id, agree, reader_class: $("reader-class").value || null };
+  try {
+    const resp = await fetch("/api/v1/feedback", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+    });
+    const text = await resp.text();
+    if (!resp.ok) throw new Error(errorText(resp.status, text, resp.statusText));
+    $("feedback-status").textContent = `Recorded: ${agree ? "agree" : "disagree"} (stored locally with the model ` +
+      `version; no file names, accession or reader).`;
+  } catch (e) {
+    $("feedback-status").textContent = e.message;
+  }
 }
 
 function clearAll() {
   state.data = null;
-  state.current = null;
+  state.pixels.clear();
+  state.explanations.clear();
   $("result").hidden = true;
   $("file-input").value = "";
   showError("");
   setStatus("");
 }
 
-// ---------------------------------------------------------------- drag and drop (files and folders)
-
-function readEntry(entry) {
+function readEntry(entry, prefix) {
   return new Promise((resolve) => {
     if (entry.isFile) {
-      entry.file((f) => resolve([f]), () => resolve([]));
+      entry.file((f) => resolve([{ f, path: prefix + f.name }]), () => resolve([]));
     } else if (entry.isDirectory) {
       const reader = entry.createReader();
       const all = [];
       const next = () =>
         reader.readEntries(async (entries) => {
           if (!entries.length) {
-            const nested = await Promise.all(all.map(readEntry));
+            const nested = await Promise.all(all.map((e) => readEntry(e, prefix + entry.name + "/")));
             resolve(nested.flat());
             return;
           }
@@ -398,12 +629,17 @@ async function droppedFiles(dt) {
     .map((it) => (it.webkitGetAsEntry ? it.webkitGetAsEntry() : null))
     .filter(Boolean);
   if (!entries.length) return Array.from(dt.files);
-  const files = (await Promise.all(entries.map(readEntry))).flat();
-  return files.filter((f) => !f.name.startsWith("."));
+  const found = (await Promise.all(entries.map((e) => readEntry(e, "")))).flat();
+  return found
+    .filter(({ f }) => !f.name.startsWith("."))
+    .map(({ f, path }) => new File([f], path, { type: f.type }));
 }
 
 function init() {
+  viewer = new window.SliceViewer($("view"));
+  viewer.onchange = updateReadout;
   const zone = $("drop-zone");
+  $("choose-btn").addEventListener("click", () => $("file-input").click());
   $("file-input").addEventListener("change", (e) => analyse(Array.from(e.target.files)));
   ["dragenter", "dragover"].forEach((t) =>
     zone.addEventListener(t, (e) => {
@@ -415,12 +651,26 @@ function init() {
     e.preventDefault();
     analyse(await droppedFiles(e.dataTransfer));
   });
-  zone.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") $("file-input").click();
-  });
+  $("cancel-btn").addEventListener("click", cancel);
   $("opacity").addEventListener("input", applyOpacity);
-  $("report-btn").addEventListener("click", downloadReport);
-  $("print-btn").addEventListener("click", () => window.print());
+  $("heat-toggle").addEventListener("change", () => {
+    viewer.showHeat = $("heat-toggle").checked;
+    viewer.draw();
+    if (state.data) scheduleHeat(state.data, state.current);
+  });
+  $("slice-slider").addEventListener("input", () => showSlice(Number($("slice-slider").value) - 1));
+  $("prev-btn").addEventListener("click", () => step(-1));
+  $("next-btn").addEventListener("click", () => step(1));
+  $("zoom-in").addEventListener("click", () => viewer.zoomBy(1.25));
+  $("zoom-out").addEventListener("click", () => viewer.zoomBy(0.8));
+  $("reset-view").addEventListener("click", () => viewer.resetView());
+  $("wl-preset").addEventListener("change", () => viewer.preset($("wl-preset").value));
+  $("view").addEventListener("wheel", onWheel, { passive: false });
+  document.addEventListener("keydown", onKey);
+  $("agree-btn").addEventListener("click", () => sendFeedback(true));
+  $("disagree-btn").addEventListener("click", () => sendFeedback(false));
+  $("report-btn").addEventListener("click", () => window.lungctReport.download(state, viewer));
+  $("print-btn").addEventListener("click", () => window.lungctReport.print(state));
   $("clear-btn").addEventListener("click", clearAll);
   const saved = sessionStorage.getItem("lungct-token");
   if (saved) $("token").value = saved;
@@ -432,4 +682,5 @@ function init() {
   loadModel();
 }
 
+window.lungctApp = { state, renderStudy, fetchPixels, fetchExplanation, operatingText, sliceFlag, fmtT, pct, CLASSES };
 document.addEventListener("DOMContentLoaded", init);
