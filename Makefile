@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/lungct run --out $(OUT) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-test: $(VENV)/.installed
+# Test-only JavaScript (axe-core for the browser accessibility scan), pinned by package-lock.json.
+# Without npm the scan is skipped with a reason; when npm is there and `npm ci` fails, make fails.
+node_modules/.installed: package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "WARNING: npm not found: the axe-core accessibility scan will be skipped"; fi
+
+test: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check src tests benchmarks *.py
 	$(BIN)/ruff format --check src tests benchmarks *.py
 	$(BIN)/python -m pytest -q
