@@ -73,8 +73,8 @@ def phantom_ct_study(
         ds.PositionReferenceIndicator, ds.ImageType = "", ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.PatientPosition = "HFS"
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-size * pixel_mm / 2, -size * pixel_mm / 2, -k * spacing_mm]
-        ds.SliceLocation = -k * spacing_mm
+        ds.ImagePositionPatient = [-size * pixel_mm / 2, -size * pixel_mm / 2, k * spacing_mm]
+        ds.SliceLocation = k * spacing_mm
         ds.PixelSpacing, ds.SliceThickness = [pixel_mm, pixel_mm], spacing_mm
         ds.Rows, ds.Columns = img.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
