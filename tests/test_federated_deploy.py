@@ -17,6 +17,16 @@ import pytest
 
 pytest.importorskip("flwr", reason="federated extra not installed (pip install 'lungct[federated]')")
 
+
+def test_tls_is_required_unless_insecure_is_explicit(tmp_path: Path) -> None:
+    from lungct.errors import ConfigError
+    from lungct.federated.deploy import client_command
+
+    with pytest.raises(ConfigError, match="--insecure"):
+        client_command("127.0.0.1:9092", tmp_path, 0)
+    assert "--insecure" in client_command("127.0.0.1:9092", tmp_path, 0, insecure=True)
+
+
 TRAIN = ["--model", "small_cnn", "--pretrained", "none", "--image-size", "32", "--lr", "0.003",
          "--n-boot", "10", "--threads", "1", "--quiet"]  # fmt: skip
 
@@ -39,16 +49,66 @@ def sites(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (PEM files), made with cryptography."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("lungct test CA")).issuer_name(name("lungct test CA"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    cert = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    files = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return files
+
+
 class Federation:
     """The server and client processes of one test, with the server's output collected."""
 
-    def __init__(self, sites: dict[str, Path], out: Path, extra: list[str]) -> None:
+    def __init__(
+        self, sites: dict[str, Path], out: Path, extra: list[str], tls: dict[str, Path] | None = None
+    ) -> None:
+        security = (
+            ["--ca-cert", str(tls["ca"]), "--cert", str(tls["cert"]), "--key", str(tls["key"])]
+            if tls
+            else ["--insecure"]
+        )
+        self.client_security = ["--ca-cert", str(tls["ca"])] if tls else ["--insecure"]
         self.port = _free_port()
         self.lines: list[str] = []
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.server = subprocess.Popen(
             [sys.executable, "-m", "lungct", "federated", "server", "--data", str(sites["heldout"]),
-             "--out", str(out), "--sites", "2", "--local-epochs", "1", "--insecure",
+             "--out", str(out), "--sites", "2", "--local-epochs", "1", *security,
              "--port", str(self.port), *TRAIN, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
         )  # fmt: skip
@@ -58,7 +118,7 @@ class Federation:
     def _client(self, sites: dict[str, Path], k: int, env: dict[str, str]) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "lungct", "federated", "client", "--data", str(sites[f"site{k}"]),
-             "--site", str(k), "--superlink", f"127.0.0.1:{self.port}", "--insecure",
+             "--site", str(k), "--superlink", f"127.0.0.1:{self.port}", *self.client_security,
              "--runtime-port", str(_free_port())],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
@@ -90,12 +150,13 @@ class Federation:
                 p.wait()
 
 
-def test_server_and_two_clients_as_processes_train_a_usable_model(sites, tmp_path: Path) -> None:
+def test_server_and_two_clients_as_processes_over_tls_train_a_usable_model(sites, tmp_path: Path) -> None:
     from lungct.model.predictor import Predictor
 
     out = tmp_path / "fed"
-    fed = Federation(sites, out, ["--rounds", "2"])
+    fed = Federation(sites, out, ["--rounds", "2"], tls=_certificates(tmp_path))
     assert fed.finish(300) == 0, "".join(fed.lines[-40:])
+    assert "https://127.0.0.1" in (out / "superlink.log").read_text(), "the SuperLink served over TLS"
     run = json.loads((out / "run.json").read_text())
     f = run["federated"]
     assert f["engine"].startswith("Flower deployment")

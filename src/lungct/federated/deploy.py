@@ -23,10 +23,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lungct.config import TrainConfig
+from lungct.data.discovery import resolve_data_dir
 from lungct.errors import ConfigError, LungctError
 from lungct.federated.coordinator import RoundPlan
 
@@ -104,9 +105,10 @@ def _tls_args(tls: Tls | None, insecure: bool, server: bool) -> list[str]:
         if f is not None and not Path(f).is_file():
             raise ConfigError(f"TLS file not found: {f}")
     if not server:
-        return ["--root-certificates", str(tls.ca_cert)]
+        return ["--root-certificates", str(Path(tls.ca_cert).resolve())]
     if tls.cert is None or tls.key is None:
         raise ConfigError("the server needs --cert and --key besides --ca-cert")
+    tls = Tls(*(Path(f).resolve() for f in (tls.ca_cert, tls.cert, tls.key)))  # the SuperLink runs elsewhere
     return [
         "--ssl-ca-certfile",
         str(tls.ca_cert),
@@ -149,7 +151,11 @@ def _write_config(home: Path, host: str, port: int, tls: Tls | None, insecure: b
         f"[superlink.{CONNECTION}]",
         f'address = "{host}:{port}"',
     ]
-    lines += ["insecure = true"] if insecure else [f"root-certificates = {json.dumps(str(tls.ca_cert))}"]
+    lines += (
+        ["insecure = true"]
+        if insecure
+        else [f"root-certificates = {json.dumps(str(Path(tls.ca_cert).resolve()))}"]
+    )
     (home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
@@ -177,8 +183,9 @@ def run_server(
     """Start a SuperLink on ``host:port``, submit the lungct Flower App, stream its logs until the run
     ends, stop the SuperLink. Returns the run folder (written by the ServerApp)."""
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     args = _tls_args(tls, insecure, server=True)
+    cfg = replace(cfg, data=str(resolve_data_dir(cfg.data).resolve()))  # the ServerApp runs elsewhere
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lungct-flower-") as tmp:
         home, app = Path(tmp) / "home", Path(tmp) / "app"
         home.mkdir()
