@@ -107,3 +107,41 @@ def test_without_the_extra_the_command_says_how_to_install(monkeypatch, capsys, 
         monkeypatch.delitem(sys.modules, name)
     assert main(["federated", "simulate", "--out", str(tmp_path / "x")]) == 2
     assert "pip install 'lungct[federated]'" in capsys.readouterr().err
+
+
+def test_fedbn_keeps_the_sites_batch_norm_layers_and_nothing_else() -> None:
+    import torch
+
+    from lungct.federated.task import batch_norm_keys, keep_local
+    from lungct.model.network import build_network
+
+    keys = batch_norm_keys("small_cnn")
+    state = build_network("small_cnn", pretrained="none")[0].state_dict()
+    assert keys and all(k in state for k in keys)
+    assert any(k.endswith("running_mean") for k in keys) and any(k.endswith("weight") for k in keys)
+    assert any(k.endswith("weight") and k not in keys for k in state), "conv/linear weights are shared"
+    glob = {k: torch.zeros_like(v) for k, v in state.items()}
+    mine = {k: torch.ones_like(v) for k, v in state.items()}
+    merged = keep_local(glob, mine, keys)
+    for k in state:
+        expected = mine[k] if k in keys else glob[k]
+        assert torch.equal(merged[k], expected), k
+    assert keep_local(glob, None, keys) is glob, "first round: nothing local yet"
+
+
+def test_batch_norm_refresh_repairs_statistics_broken_by_noise() -> None:
+    import torch
+
+    from lungct.config import make_config
+    from lungct.federated.task import batch_norm_keys, evaluate_state, refresh_batch_norm
+    from lungct.model.network import build_network
+
+    cfg = make_config({"model": "small_cnn", "pretrained": "none", "image_size": 32})
+    state = build_network("small_cnn", pretrained="none")[0].state_dict()
+    broken = {k: (v - 5.0 if k.endswith("running_var") else v) for k, v in state.items()}
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32), dtype=np.uint8)
+    assert not np.isfinite(evaluate_state(cfg, broken, images)).all(), "negative variances give NaN"
+    fixed = refresh_batch_norm(cfg, broken, images)
+    assert np.isfinite(evaluate_state(cfg, fixed, images)).all()
+    assert all(torch.equal(fixed[k], broken[k]) for k in state if k not in batch_norm_keys("small_cnn"))
+    assert all((fixed[k] >= 0).all() for k in state if k.endswith("running_var"))
