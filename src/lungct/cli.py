@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=None, help="origin allowed to call the API (repeatable)"
     )
     p.add_argument("--max-concurrent", type=int, default=8, help="requests worked on at once")
+    p.add_argument(
+        "--feedback-log",
+        metavar="PATH",
+        help="JSON-lines file for reader agree/disagree on the page (no identifiers; default: off)",
+    )
     p.add_argument("--pacs", metavar="URL", help="DICOMweb root of a PACS the page can list and analyse")
     p.add_argument("--pacs-user", help="PACS basic-auth user (password: $LUNGCT_PACS_PASSWORD)")
     p.add_argument("--pacs-token-file", help="file holding a PACS bearer token (else $LUNGCT_PACS_TOKEN)")
@@ -471,6 +476,7 @@ def cmd_serve(args) -> int:
         cors_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
         max_concurrent=args.max_concurrent,
+        feedback_log=args.feedback_log,
         pacs_url=args.pacs,
         pacs_auth=pacs_auth,
     )
