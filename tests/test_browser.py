@@ -326,15 +326,19 @@ def test_mixed_zip_is_split_into_cases(page, tmp_path, artifacts):
     page.set_input_files("#file-input", str(zpath))
     expect(page.locator("#scan-picker")).to_be_visible(timeout=SLOW)
     expect(page.locator("#scan-note")).to_contain_text("2 different scans")
-    expect(page.locator("#scan-buttons button")).to_have_count(2)
+    expect(page.locator("#scan-buttons .scan-btn")).to_have_count(2)
     expect(page.locator("#warnings")).to_contain_text("held 2 scans")
     expect(page.locator("#result-title")).to_have_text("Case result (5 slices)")
-    page.locator("#scan-buttons button").nth(1).click()
+    page.locator("#scan-buttons .scan-btn").nth(1).click()
     expect(page.locator("#result-title")).to_have_text("Case result (4 slices)")
     expect(page.locator("#slice-table tbody")).to_contain_text("mixed.zip/p2/IMG001.png")
     expect(page.locator("#slice-table tbody")).not_to_contain_text("p1/")
-    expect(page.locator("#scan-buttons button").nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#scan-buttons .scan-btn").nth(1)).to_have_attribute("aria-pressed", "true")
     _shot(page, artifacts / "mixed-zip-split.png")
+    page.click("#as-one-btn")  # the reader knows better than the grouping: one case, with a warning
+    expect(page.locator("#result-title")).to_have_text("Case result (9 slices)", timeout=SLOW)
+    expect(page.locator("#warnings")).to_contain_text("may hold 2 scans")
+    expect(page.locator("#scan-picker")).to_be_hidden()
 
 
 # ------------------------------------------------------------------ result panel, report, feedback

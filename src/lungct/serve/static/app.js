@@ -12,6 +12,7 @@ const state = {
   pixels: new Map(), // "studyId/n" -> {kind, width, height, data}
   explanations: new Map(), // "studyId/n" -> {ex, img}
   xhr: null,
+  lastFiles: null, // kept in this page only, to re-send as one case on request
   progressId: null,
   poll: null,
   wheelAcc: 0,
@@ -118,9 +119,10 @@ function pollProgress(id) {
   }, 400);
 }
 
-function analyse(files) {
+function analyse(files, mixed = "split") {
   showError("");
   if (!files.length) return;
+  state.lastFiles = files;
   if (state.xhr) cancel();
   const form = new FormData();
   files.forEach((f) => form.append("files", f, f.webkitRelativePath || f.name));
@@ -130,7 +132,7 @@ function analyse(files) {
   state.data = null;
   const xhr = new XMLHttpRequest();
   state.xhr = xhr;
-  xhr.open("POST", `/api/v1/studies?explain_top=0&mixed=split&progress_id=${id}`);
+  xhr.open("POST", `/api/v1/studies?explain_top=0&mixed=${mixed}&progress_id=${id}`);
   for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
   $("progress").removeAttribute("value");
   setBusy(true);
@@ -352,6 +354,15 @@ function renderScans(data) {
     });
     buttons.appendChild(b);
   }
+  const one = document.createElement("button");
+  one.type = "button";
+  one.className = "secondary";
+  one.id = "as-one-btn";
+  one.textContent = "Analyse all as one case";
+  one.title = "If these images are one scan that the content grouping split, analyse them together";
+  one.addEventListener("click", () => state.lastFiles && analyse(state.lastFiles, "allow"));
+  one.hidden = !state.lastFiles;
+  buttons.appendChild(one);
 }
 
 function renderTable(data) {
@@ -592,6 +603,7 @@ async function sendFeedback(agree) {
 
 function clearAll() {
   state.data = null;
+  state.lastFiles = null;
   state.pixels.clear();
   state.explanations.clear();
   $("result").hidden = true;
