@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[dev,download,federated]"
+	$(BIN)/python -m pip install -q -e ".[dev,download,federated,pacs]"
 	touch $@
 
 run: $(VENV)/.installed
