@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lungct.pacs")
 
+BATCH = 16
+"""Slices per forward pass (a whole study is known up front, so batches can be large)."""
+
 
 @dataclass
 class Outputs:
@@ -95,7 +98,7 @@ def analyse(
         )
     t0 = time.perf_counter()
     with lock:
-        preds = predictor.predict_slices([study.slices[i] for i in ok])
+        preds = predictor.predict_slices([study.slices[i] for i in ok], batch_size=BATCH)
     probs = np.stack([p.probs for p in preds])
     rule = predictor.rule
     case_probs = rule.case_probs(probs)
