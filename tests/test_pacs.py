@@ -20,7 +20,7 @@ from lungct.pacs.roundtrip import analyse, write_outputs
 from lungct.pacs.sr import STATEMENT
 from lungct.pacs.study import StudyError, choose_ct_series, study_from_datasets
 from lungct.pacs.synthetic import phantom_ct_study
-from lungct.pacs.watch import WatchState
+from lungct.pacs.watch import Watcher, WatchState
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -212,3 +212,28 @@ def test_part10_bytes_of_outputs_have_a_preamble(predictor, tmp_path):
     for f in files:
         assert f.read_bytes()[128:132] == b"DICM"
         pydicom.dcmread(io.BytesIO(f.read_bytes()))
+
+
+def test_watch_survives_an_unreachable_pacs(predictor, tmp_path, caplog):
+    from lungct.pacs.orthanc import free_port
+
+    client = PacsClient(f"http://127.0.0.1:{free_port()}/dicom-web", timeout=2)
+    watcher = Watcher(client, predictor, tmp_path / "state.json")
+    watcher.run(poll_s=0.01, max_polls=2)  # logs and retries instead of crashing
+    assert "cannot reach the PACS" in caplog.text
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_cli_options():
+    from lungct.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--run", "r", "--pacs", "http://h/dicom-web", "--pacs-user", "u"]
+    )
+    assert (args.pacs, args.pacs_user) == ("http://h/dicom-web", "u")
+    args = build_parser().parse_args(["pacs", "watch", "--run", "r", "--url", "http://h", "--poll", "5"])
+    assert (args.pacs_command, args.poll, args.run) == ("watch", 5.0, "r")
+    args = build_parser().parse_args(
+        ["pacs", "--run", "r", "--url", "http://h", "--study", "1.2", "--dry-run", "d"]
+    )
+    assert (args.pacs_command, args.study, args.dry_run) == (None, "1.2", "d")
