@@ -281,6 +281,7 @@ def test_rest_endpoints(fresh_orthanc, tiny_run):
     http = TestClient(app, base_url="http://127.0.0.1")
     auth = {"Authorization": "Bearer t0k"}
     assert http.get("/api/v1/pacs/studies").status_code == 401
+    assert http.get("/api/v1/pacs/status", headers=auth).json()["reachable"] is True
     r = http.get("/api/v1/pacs/studies", headers=auth)
     assert r.status_code == 200
     studies = r.json()["studies"]
@@ -301,3 +302,6 @@ def test_rest_endpoints(fresh_orthanc, tiny_run):
     down = TestClient(down_app, base_url="http://127.0.0.1")
     r = down.get("/api/v1/pacs/studies")
     assert r.status_code == 502 and "cannot reach the PACS" in r.json()["detail"]
+    assert down.get("/api/v1/pacs/status").json()["reachable"] is False
+    plain = TestClient(create_app(Predictor.from_run(tiny_run)), base_url="http://127.0.0.1")
+    assert plain.get("/api/v1/pacs/status").status_code == 404  # no --pacs: no PACS routes

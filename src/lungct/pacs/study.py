@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 OUTPUT_PREFIX = "lungct"
 """SeriesDescription prefix of every series lungct writes (how its own outputs are recognised)."""
 
+MAX_SLICES = 2000
+"""Largest series read (decoded slices are held in memory: about 2 x 4 bytes per pixel each)."""
+
+PIXEL_DATA = 0x7FE00010
+
 GAP_FACTOR = 1.5
 """A step between neighbouring slices above GAP_FACTOR x the median step means missing slices."""
 
@@ -85,6 +90,16 @@ def _part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def _header(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without its pixel data (the caller's dataset is left as it is)."""
+    from pydicom.dataset import Dataset
+
+    hdr = Dataset({elem.tag: elem for elem in ds if elem.tag != PIXEL_DATA})
+    if hasattr(ds, "file_meta"):
+        hdr.file_meta = ds.file_meta
+    return hdr
+
+
 def check_stack(slices: list[Slice], datasets: list[Dataset], ref: str) -> tuple[list[int], str]:
     """Order of the slices (indices) and its basis; StudyError on duplicate or missing slices."""
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
@@ -122,11 +137,17 @@ def study_from_datasets(
     study_uid: str, series_uid: str, datasets: list[Dataset], window: Window = LUNG_WINDOW
 ) -> CtStudy:
     """Decode and guard every instance (the one input guard) and order the stack; StudyError when the
-    series is empty, not CT, or has duplicate or missing slices."""
+    series is empty, too large, not CT, or has duplicate or missing slices. The study keeps header
+    copies of the datasets (no pixel data: the decoded slices hold the image)."""
     ref = short_uid(study_uid)
     if not datasets:
         raise StudyError(f"series {short_uid(series_uid)} of study {ref} has no instances")
+    if len(datasets) > MAX_SLICES:
+        raise StudyError(
+            f"series of study {ref} has {len(datasets)} instances; lungct reads at most {MAX_SLICES}"
+        )
     slices = [decode_slice(_part10(ds), f"slice {k + 1}", window) for k, ds in enumerate(datasets)]
+    datasets = [_header(ds) for ds in datasets]  # the outputs need the headers only
     modalities = {str(s.dicom.modality) for s in slices if s.dicom is not None}
     if modalities != {"CT"}:
         raise StudyError(f"series of study {ref} holds {', '.join(sorted(modalities))} instances, not CT")
@@ -145,4 +166,9 @@ def load_ct_study(
 ) -> CtStudy:
     """QIDO the study's series, choose the CT series, WADO it, decode, guard and order its slices."""
     info = choose_ct_series(study_uid, client.series(study_uid), series_uid)
+    if info.n_instances > MAX_SLICES:
+        raise StudyError(
+            f"series of study {short_uid(study_uid)} has {info.n_instances} instances; "
+            f"lungct reads at most {MAX_SLICES}"
+        )
     return study_from_datasets(study_uid, info.uid, client.retrieve_series(study_uid, info.uid), window)

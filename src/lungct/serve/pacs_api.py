@@ -1,5 +1,6 @@
 """REST access to a PACS for the workstation page (only when ``lungct serve --pacs URL``).
 
+``GET /api/v1/pacs/status`` says whether the PACS answers (404 without ``--pacs``: no PACS).
 ``GET /api/v1/pacs/studies`` lists the PACS's CT studies (QIDO-RS; study UID, date, description,
 modalities, instance count - no patient names or ids). ``POST /api/v1/pacs/studies/{uid}`` runs the
 round trip of :mod:`lungct.pacs.roundtrip` on one study with the served Predictor and returns the
@@ -34,6 +35,14 @@ def pacs_router(client: PacsClient, ws: Workstation, auth: Depends) -> APIRouter
     """Routes under /api/v1/pacs using ``client`` and the workstation's Predictor (and its lock)."""
     api = APIRouter(prefix="/api/v1/pacs", dependencies=[auth], tags=["pacs"])
     lock = getattr(ws, "_lock", None)  # inference and Grad-CAM run one request at a time
+
+    @api.get("/status", summary="Whether the PACS answers (the routes exist only with --pacs)")
+    def status() -> dict[str, Any]:
+        try:
+            client.ping()
+        except PacsError as exc:
+            return {"enabled": True, "reachable": False, "detail": str(exc)}
+        return {"enabled": True, "reachable": True, "detail": None}
 
     @api.get("/studies", summary="CT studies on the PACS (no patient identifiers)")
     def studies(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
