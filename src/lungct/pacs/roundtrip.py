@@ -30,7 +30,7 @@ from lungct.data.imaging import LUNG_WINDOW
 from lungct.explain.cam import explain_batch
 from lungct.fileio import atomic_write
 from lungct.model.decision import MALIGNANT
-from lungct.model.predictor import Predictor
+from lungct.model.predictor import Prediction, Predictor
 from lungct.pacs.capture import build_capture, captioned_overlay
 from lungct.pacs.client import PacsClient, PacsError, PacsStoreError, short_uid
 from lungct.pacs.identity import keep_linking_only
@@ -110,7 +110,6 @@ def analyse(
             predictor, [study.slices[ok[j]].image for j in top], method, [preds[j].decision for j in top]
         )
     t2 = time.perf_counter()
-    n = len(study.slices)
     findings = [SliceFinding(study.datasets[ok[j]], probs[j], preds[j].decision) for j in top]
     case = CaseResult(
         decision=decision,
@@ -120,68 +119,80 @@ def analyse(
         aggregation=rule.case_aggregation,
         model_name=predictor.model_name,
         model_version=predictor.version,
-        n_slices=n,
+        n_slices=len(study.slices),
         n_assessed=len(ok),
     )
     sr = build_sr(study.datasets, case, findings, generate_uid(), generate_uid())
     sc_series = generate_uid()
-    captures = []
-    for rank, (j, e) in enumerate(zip(top, ex, strict=True), start=1):
-        p, t = float(probs[j, MALIGNANT]), rule.malignant_threshold
-        lines = [
-            f"lungct slice {ok[j] + 1}/{n}: {preds[j].decision}",
-            f"p(malignant) {p:.2f} {'>=' if p >= t else '<'} threshold {t:.2f}",
-            f"case: {decision}",
-            "decision support, not a diagnosis",
-        ]
-        rgb, factor = captioned_overlay(study.slices[ok[j]].image, e.heatmap, lines)
-        captures.append(build_capture(study.datasets[ok[j]], rgb, factor, sc_series, generate_uid(), rank))
+    captures = [
+        _capture(study, ok[j], f, e.heatmap, case, sc_series, rank)
+        for rank, (j, f, e) in enumerate(zip(top, findings, ex, strict=True), start=1)
+    ]
     for ds in (sr, *captures):
         keep_linking_only(ds)
     t3 = time.perf_counter()
+    result = _result(study, predictor, dict(zip(ok, preds, strict=True)), case, [ok[j] for j in top])
+    timing = {"infer_s": t1 - t0, "explain_s": t2 - t1, "build_s": t3 - t2}
+    return Outputs(study.study_uid, sr, captures, result, timing)
+
+
+def _capture(
+    study: CtStudy, k: int, f: SliceFinding, heat: np.ndarray, case: CaseResult, series_uid: str, rank: int
+) -> Dataset:
+    """The Secondary Capture of slice ``k`` (0-based in stack order) with its caption."""
+    from pydicom.uid import generate_uid
+
+    p, t = float(f.probs[MALIGNANT]), case.malignant_threshold
+    lines = [
+        f"lungct slice {k + 1}/{len(study.slices)}: {f.decision}",
+        f"p(malignant) {p:.2f} {'>=' if p >= t else '<'} threshold {t:.2f}",
+        f"case: {case.decision}",
+        "decision support, not a diagnosis",
+    ]
+    rgb, factor = captioned_overlay(study.slices[k].image, heat, lines)
+    return build_capture(study.datasets[k], rgb, factor, series_uid, generate_uid(), rank)
+
+
+def _result(
+    study: CtStudy, predictor: Predictor, preds: dict[int, Prediction], case: CaseResult, top: list[int]
+) -> dict[str, Any]:
+    """The JSON result (CLI ``--json``, REST): case, top slices and every slice by SOP Instance UID."""
     slices = []
-    by_index = dict(zip(ok, preds, strict=True))
     for k, (ds, s) in enumerate(zip(study.datasets, study.slices, strict=True)):
-        pred = by_index.get(k)
-        item: dict[str, Any] = {
-            "index": k + 1,
-            "sop_instance_uid": str(ds.SOPInstanceUID),
-            "assessed": pred is not None,
-        }
+        item: dict[str, Any] = {"index": k + 1, "sop_instance_uid": str(ds.SOPInstanceUID)}
+        pred = preds.get(k)
         if pred is None:
-            item["not_assessed_reason"] = s.guard.reason
+            item.update(assessed=False, not_assessed_reason=s.guard.reason)
         else:
-            item.update(probabilities=_probs(pred.probs), decision=pred.decision)
+            item.update(assessed=True, probabilities=_probs(pred.probs), decision=pred.decision)
         slices.append(item)
-    result = {
+    return {
         "study_uid": study.study_uid,
         "series_uid": study.series_uid,
         "order": study.order,
-        "n_slices": n,
-        "n_assessed": len(ok),
-        "n_not_assessed": n - len(ok),
-        "decision": decision,
-        "probabilities": _probs(case_probs),
-        "threshold": _r(rule.malignant_threshold),
-        "benign_threshold": _r(rule.benign_threshold),
-        "aggregation": rule.case_aggregation,
+        "n_slices": case.n_slices,
+        "n_assessed": case.n_assessed,
+        "n_not_assessed": case.n_slices - case.n_assessed,
+        "decision": case.decision,
+        "probabilities": _probs(case.probs),
+        "threshold": _r(case.malignant_threshold),
+        "benign_threshold": _r(case.benign_threshold),
+        "aggregation": case.aggregation,
         "top_slices": [
             {
                 "rank": rank,
-                "index": ok[j] + 1,
-                "sop_instance_uid": str(study.datasets[ok[j]].SOPInstanceUID),
-                "probabilities": _probs(probs[j]),
-                "malignant_probability": _r(probs[j, MALIGNANT]),
-                "decision": preds[j].decision,
+                "index": k + 1,
+                "sop_instance_uid": slices[k]["sop_instance_uid"],
+                "probabilities": slices[k]["probabilities"],
+                "malignant_probability": _r(preds[k].probs[MALIGNANT]),
+                "decision": preds[k].decision,
             }
-            for rank, j in enumerate(top, start=1)
+            for rank, k in enumerate(top, start=1)
         ],
         "slices": slices,
         "model": {"name": predictor.model_name, "version": predictor.version},
         "disclaimer": STATEMENT,
     }
-    timing = {"infer_s": t1 - t0, "explain_s": t2 - t1, "build_s": t3 - t2}
-    return Outputs(study.study_uid, sr, captures, result, timing)
 
 
 class RollbackFailed(PacsStoreError):
