@@ -305,3 +305,58 @@ def test_rest_endpoints(fresh_orthanc, tiny_run):
     assert down.get("/api/v1/pacs/status").json()["reachable"] is False
     plain = TestClient(create_app(Predictor.from_run(tiny_run)), base_url="http://127.0.0.1")
     assert plain.get("/api/v1/pacs/status").status_code == 404  # no --pacs: no PACS routes
+
+
+def test_watch_process_killed_while_storing_loses_nothing_and_stores_nothing_twice(
+    fresh_orthanc, tiny_run, tmp_path
+):
+    """A real `lungct pacs watch` process is SIGKILLed as soon as it records a pending result (i.e. during
+    its STOWs); the next start leaves exactly one complete result per study."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    client = PacsClient(fresh_orthanc.dicomweb_url)
+    uids = [upload(client, phantom_ct_study(4, 64, seed=s)) for s in (31, 32)]
+    state = tmp_path / "state.json"
+    args = [
+        "pacs",
+        "watch",
+        "--run",
+        str(tiny_run),
+        "--url",
+        fresh_orthanc.dicomweb_url,
+        "--state",
+        str(state),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lungct", *args, "--poll", "0.2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed_pending = False
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                doc = json.loads(state.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            if doc.get("pending"):
+                proc.kill()
+                killed_pending = True
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert killed_pending, "the watcher never recorded a pending result"
+    assert main([*args, "--once"]) == 0
+    doc = json.loads(state.read_text())
+    assert doc["pending"] == {} and set(doc["done"]) == set(uids)
+    for uid in uids:
+        outputs = [s for s in client.series(uid) if s.description.startswith("lungct")]
+        assert sorted((s.modality, s.n_instances) for s in outputs) == [("OT", 3), ("SR", 1)]
