@@ -41,6 +41,18 @@ def find_dicomweb_plugin() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child (Linux): SIGTERM when the thread that started Orthanc ends, so a killed test run
+    leaves no Orthanc behind (start it from a thread that lives as long as it should). Does nothing
+    elsewhere."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -121,7 +133,11 @@ class LocalOrthanc:
         cfg_path.write_text(json.dumps(self._config(), indent=1), encoding="utf-8")
         log = (self.folder / "orthanc.log").open("wb")
         self._proc = subprocess.Popen(
-            [self.binary, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT, cwd=self.folder
+            [self.binary, str(cfg_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+            preexec_fn=_die_with_parent,
         )
         auth = next(iter(self.users.items())) if self.users else None
         deadline = time.monotonic() + self.start_timeout_s
