@@ -512,7 +512,11 @@ def cmd_pacs(args) -> int:
             done = watcher.poll_once()
             print(f"analysed {len(done)} new CT stud{'y' if len(done) == 1 else 'ies'}; state: {args.state}")
             return 0
-        watcher.run(args.poll)
+        try:
+            watcher.run(args.poll)
+        except KeyboardInterrupt:
+            print(f"lungct: watch stopped; it resumes from {args.state}", file=sys.stderr)
+            return 130
         return 0
     if not args.study:
         raise LungctError("lungct pacs needs --study STUDY_UID (or the subcommand 'watch')")
