@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -339,6 +340,30 @@ def test_mixed_zip_is_split_into_cases(page, tmp_path, artifacts):
     expect(page.locator("#result-title")).to_have_text("Case result (9 slices)", timeout=SLOW)
     expect(page.locator("#warnings")).to_contain_text("may hold 2 scans")
     expect(page.locator("#scan-picker")).to_be_hidden()
+
+
+def test_progress_and_cancel(page, tmp_path, server_url):
+    from playwright.sync_api import expect
+
+    held = []
+    page.route("**/api/v1/studies?*", lambda route: held.append(route))  # the answer never comes
+    page.set_input_files("#file-input", str(_series_zip(tmp_path / "c.zip", [("a", "normal", 2, 3)])))
+    expect(page.locator("#progress-row")).to_be_visible()
+    expect(page.locator("#progress")).to_be_visible()
+    page.wait_for_function("() => window.lungctApp.state.xhr !== null")
+    pid = page.evaluate("window.lungctApp.state.progressId")
+    with page.expect_response(f"**/api/v1/progress/{pid}/cancel") as cancelled:
+        page.click("#cancel-btn")
+    assert cancelled.value.status == 200
+    with urllib.request.urlopen(f"{server_url}/api/v1/progress/{pid}") as resp:
+        assert json.load(resp)["cancelled"] is True  # the server stops this analysis at its next batch
+    expect(page.locator("#status")).to_have_text("Cancelled.")
+    expect(page.locator("#progress-row")).to_be_hidden()
+    expect(page.locator("#result")).to_be_hidden()
+    assert held
+    for route in held:  # release the held request before the page closes
+        route.abort()
+    page.unroute("**/api/v1/studies?*")
 
 
 # ------------------------------------------------------------------ result panel, report, feedback
