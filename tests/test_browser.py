@@ -228,6 +228,12 @@ def test_scroll_every_slice_by_keyboard_wheel_and_slider(page, tmp_path, artifac
     page.locator("#view").focus()
     page.keyboard.press("Home")
     _wait_slice(page, 1)
+    if first != 1:
+        page.click("#goto-top-btn")
+        _wait_slice(page, first)
+        page.locator("#view").focus()
+        page.keyboard.press("Home")
+        _wait_slice(page, 1)
     sums = [_canvas_sum(page)]
     for k in range(2, n + 1):  # every slice by keyboard: the picture, its source name and the row change
         page.keyboard.press("ArrowDown" if k % 2 else "PageDown" if k == n else "ArrowRight")
@@ -463,6 +469,47 @@ def test_report_captions_next_to_images_and_pdf(page, browser, tmp_path, artifac
         record["agree"] is False and record["reader_class"] == "benign" and record["model_version"] == version
     )
     assert "ACC" not in feedback_log.read_text() and "r.zip" not in feedback_log.read_text()
+
+
+def test_pacs_panel_lists_and_analyses(browser, server_url):
+    """The PACS panel appears only when the model card says so; PACS answers are mocked here (the PACS
+    routes themselves are tested with the PACS wing)."""
+    from playwright.sync_api import expect
+
+    errors: list[str] = []
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def model(route):
+        card = route.fetch().json()
+        route.fulfill(json={**card, "pacs": True})
+
+    study = {"study_uid": "1.2.3", "study_date": "20260102", "description": "CT chest",
+             "modalities": ["CT"], "n_instances": 40}  # fmt: skip
+    pg.route("**/api/v1/model", model)
+    pg.route("**/api/v1/pacs/studies", lambda route: route.fulfill(json={"studies": [study]}))
+    case = {"decision": "benign", "decision_text": "benign: case p(malignant) 0.100 (mean) < threshold 0.302"}
+    stored = {"sr_series_uid": "9.8.7", "sc_series_uid": "9.8.8"}
+    pg.route(
+        "**/api/v1/pacs/studies/1.2.3", lambda route: route.fulfill(json={"case": case, "stored": stored})
+    )
+    pg.goto(server_url)
+    expect(pg.locator("#pacs-panel")).to_be_visible()
+    pg.click("#pacs-list-btn")
+    expect(pg.locator("#pacs-table tbody tr")).to_have_count(1)
+    expect(pg.locator("#pacs-table tbody")).to_contain_text("CT chest")
+    pg.click(".pacs-analyse")
+    expect(pg.locator("#pacs-result")).to_contain_text("benign")
+    expect(pg.locator("#pacs-result")).to_contain_text("9.8.7")
+    ctx.close()
+    assert not errors
+
+
+def test_no_pacs_panel_without_pacs(page):
+    from playwright.sync_api import expect
+
+    expect(page.locator("#pacs-panel")).to_be_hidden()
 
 
 # ------------------------------------------------------------------ keyboard, screen reader, phone

@@ -81,6 +81,7 @@ async function loadModel() {
     $("model-info").textContent =
       `Model ${card.name} · version ${card.version} · malignant when p(malignant) ≥ ${fmtT(card.threshold)}`;
     renderOperating();
+    $("pacs-panel").hidden = !card.pacs;
   } catch (e) {
     $("model-info").textContent = "Model information unavailable: " + e.message;
   }
@@ -321,6 +322,10 @@ function renderStudy(data, fresh) {
   renderOperating();
   $("feedback-status").textContent = "";
   const start = c.most_suspicious_slice ? c.most_suspicious_slice - 1 : 0;
+  const goto = $("goto-top-btn");
+  goto.hidden = single || !c.most_suspicious_slice;
+  goto.textContent = `Show the most suspicious slice (${c.most_suspicious_slice})`;
+  goto.onclick = () => showSlice(start);
   $("slice-slider").max = String(data.slices.length);
   showSlice(start);
   $("announce").textContent = `${single ? "Slice" : "Case"} result: ${el.textContent}. ${flag}`;
@@ -580,6 +585,69 @@ function onWheel(e) {
   }
 }
 
+// ---------------------------------------------------------------- PACS (when the server has one)
+
+async function listPacs() {
+  $("pacs-status").textContent = "Asking the PACS…";
+  try {
+    const d = await getJSON("/api/v1/pacs/studies");
+    const body = $("pacs-table").querySelector("tbody");
+    body.replaceChildren();
+    for (const st of d.studies) {
+      const tr = document.createElement("tr");
+      for (const text of [st.study_date || "", st.description || "", (st.modalities || []).join(", "),
+        String(st.n_instances ?? "")]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "secondary pacs-analyse";
+      b.textContent = "Analyse";
+      b.setAttribute("aria-label", `Analyse the study of ${st.study_date || "unknown date"} ${st.description || ""}`);
+      b.addEventListener("click", () => analysePacs(st.study_uid));
+      td.appendChild(b);
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+    $("pacs-wrap").hidden = !d.studies.length;
+    $("pacs-status").textContent = `${d.studies.length} CT stud${d.studies.length === 1 ? "y" : "ies"}.`;
+  } catch (e) {
+    $("pacs-status").textContent = e.message;
+  }
+}
+
+async function analysePacs(uid) {
+  $("pacs-status").textContent = "Fetching and analysing the study…";
+  const box = $("pacs-result");
+  box.hidden = true;
+  try {
+    const resp = await fetch(`/api/v1/pacs/studies/${encodeURIComponent(uid)}`, { method: "POST", headers: authHeaders() });
+    const text = await resp.text();
+    if (!resp.ok) throw new Error(errorText(resp.status, text, resp.statusText));
+    const d = JSON.parse(text);
+    const c = d.case || {};
+    box.replaceChildren();
+    const head = document.createElement("p");
+    head.className = "decision " + (c.decision || "not-assessed");
+    head.textContent = c.decision || "Not assessed";
+    const detail = document.createElement("p");
+    detail.textContent = c.decision_text || "";
+    const stored = document.createElement("p");
+    stored.className = "muted small";
+    stored.textContent = d.stored
+      ? `Stored in the PACS: structured report series ${d.stored.sr_series_uid}, Grad-CAM series ${d.stored.sc_series_uid}.`
+      : "Not stored back into the PACS.";
+    box.append(head, detail, stored);
+    box.hidden = false;
+    $("pacs-status").textContent = `Done in ${Math.round(d.timing_ms || 0)} ms.`;
+  } catch (e) {
+    $("pacs-status").textContent = e.message;
+  }
+}
+
 // ---------------------------------------------------------------- feedback, clear, drag and drop
 
 async function sendFeedback(agree) {
@@ -684,6 +752,7 @@ function init() {
   $("report-btn").addEventListener("click", () => window.lungctReport.download(state, viewer));
   $("print-btn").addEventListener("click", () => window.lungctReport.print(state));
   $("clear-btn").addEventListener("click", clearAll);
+  $("pacs-list-btn").addEventListener("click", listPacs);
   const saved = sessionStorage.getItem("lungct-token");
   if (saved) $("token").value = saved;
   $("token").addEventListener("change", () => {

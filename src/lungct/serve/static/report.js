@@ -87,6 +87,8 @@
     body += `<h2>${single ? "Slice" : "Case"} result: <span class="decision">${esc(headline)}</span></h2>`;
     if (flag) body += `<p class="flag">${esc(flag)}</p>`;
     body += `<p>${esc(single ? d.slices[0].decision_text : c.decision_text)}</p>`;
+    const note = $("argmax-note");
+    if (!note.hidden && note.textContent) body += `<p class="small">${esc(note.textContent)}</p>`;
     if (d.warnings.length) body += `<ul class="warn">${d.warnings.map((w) => `<li>${esc(w)}</li>`).join("")}</ul>`;
     if (c.case_probabilities) {
       const rows = app.CLASSES.map((k) => `<td>${k}: ${app.pct(c.case_probabilities[k])}</td>`).join("");
