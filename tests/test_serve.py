@@ -271,7 +271,8 @@ def test_zip_study_skips_junk_and_reads_in_memory(client):
     assert r.status_code == 200, r.text
     d = r.json()
     assert d["case"]["n_slices"] == 3
-    assert [s["source"] for s in d["slices"]] == [f"Doe^Jane.zip/series/{n}" for n in ("a.png", "b.jpg", "c.png")]
+    names = [f"Doe^Jane.zip/series/{n}" for n in ("a.png", "b.jpg", "c.png")]
+    assert [s["source"] for s in d["slices"]] == names
 
 
 def test_zip_path_traversal_refused(client):
