@@ -323,6 +323,7 @@ def test_dicom_window_level_presets_change_pixels(page, tmp_path, artifacts):
     page.keyboard.up("Shift")
     assert _canvas_sum(page) != lung
     expect(page.locator("#wl-readout")).not_to_contain_text("level -600 HU / width 1500 HU")
+    expect(page.locator("#wl-preset")).to_have_value("custom")
     _shot(page, artifacts / "dicom-window-level.png")
 
 

@@ -538,8 +538,16 @@ function updateReadout() {
       o.textContent = p.label;
       sel.appendChild(o);
     }
+    const custom = document.createElement("option");
+    custom.value = "custom";
+    custom.textContent = "Custom (drag)";
+    custom.disabled = true;
+    sel.appendChild(custom);
     sel.dataset.kind = want;
   }
+  const match = Object.entries(window.VIEW_PRESETS).find(
+    ([, p]) => p.kind === want && p.center === viewer.center && p.width === viewer.width);
+  sel.value = match ? match[0] : "custom";
 }
 
 function applyOpacity() {
