@@ -199,6 +199,23 @@ def test_single_slice_flow(page, tmp_path, artifacts):
     assert "Doe" not in text  # source names stay out of the report unless asked for
 
 
+def test_not_assessed_slice_is_viewable_without_a_decision(page, tmp_path):
+    from playwright.sync_api import expect
+
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(blank)
+    page.set_input_files("#file-input", str(blank))
+    expect(page.locator("#result")).to_be_visible(timeout=SLOW)
+    _wait_slice(page, 1)  # the reader still sees the image
+    expect(page.locator("#decision")).to_have_text("Not assessed")
+    expect(page.locator("#ood-note")).to_be_visible()
+    expect(page.locator("#slice-caption")).to_contain_text("not assessed")
+    expect(page.locator("#slice-flag")).to_be_hidden()
+    assert (
+        page.evaluate("document.querySelector('#view').dataset.heat") == "none"
+    )  # no heat map, no diagnosis
+
+
 def test_errors_are_shown(page, tmp_path):
     from playwright.sync_api import expect
 
