@@ -347,7 +347,7 @@ function renderScans(data) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "secondary scan-btn";
-    b.textContent = `Scan ${s.scan}: ${s.n_slices} slices, ${s.decision || "not assessed"}` +
+    b.textContent = `Scan ${s.scan}: ${s.n_slices} slice${s.n_slices === 1 ? "" : "s"}, ${s.decision || "not assessed"}` +
       (s.n_above_threshold ? `, ${s.n_above_threshold} at threshold` : "") + ` — ${s.first_source}`;
     b.setAttribute("aria-pressed", String(s.scan === data.scan));
     b.addEventListener("click", async () => {
