@@ -490,8 +490,8 @@ def test_report_captions_next_to_images_and_pdf(page, browser, tmp_path, artifac
 
 
 def test_pacs_panel_lists_and_analyses(browser, server_url):
-    """The PACS panel appears only when the model card says so; PACS answers are mocked here (the PACS
-    routes themselves are tested with the PACS wing)."""
+    """The PACS panel appears only when the server has a PACS (GET /api/v1/pacs/status answers); PACS
+    answers are mocked here (the PACS routes themselves are tested with the PACS wing)."""
     from playwright.sync_api import expect
 
     errors: list[str] = []
@@ -499,13 +499,16 @@ def test_pacs_panel_lists_and_analyses(browser, server_url):
     pg = ctx.new_page()
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
 
-    def model(route):
+    def model(route):  # the card says nothing about a PACS: the page asks /api/v1/pacs/status
         card = route.fetch().json()
-        route.fulfill(json={**card, "pacs": True})
+        card.pop("pacs", None)
+        route.fulfill(json=card)
 
     study = {"study_uid": "1.2.3", "study_date": "20260102", "description": "CT chest",
              "modalities": ["CT"], "n_instances": 40}  # fmt: skip
     pg.route("**/api/v1/model", model)
+    status = {"enabled": True, "reachable": True, "detail": None}
+    pg.route("**/api/v1/pacs/status", lambda route: route.fulfill(json=status))
     pg.route("**/api/v1/pacs/studies", lambda route: route.fulfill(json={"studies": [study]}))
     case = {"decision": "benign", "decision_text": "benign: case p(malignant) 0.100 (mean) < threshold 0.302"}
     stored = {"sr_series_uid": "9.8.7", "sc_series_uid": "9.8.8"}

@@ -81,7 +81,7 @@ async function loadModel() {
     $("model-info").textContent =
       `Model ${card.name} · version ${card.version} · malignant when p(malignant) ≥ ${fmtT(card.threshold)}`;
     renderOperating();
-    $("pacs-panel").hidden = !card.pacs;
+    checkPacs(card);
   } catch (e) {
     $("model-info").textContent = "Model information unavailable: " + e.message;
   }
@@ -594,6 +594,26 @@ function onWheel(e) {
 }
 
 // ---------------------------------------------------------------- PACS (when the server has one)
+
+/** Show the PACS panel when the server has a PACS: the model card says so, or /pacs/status answers. */
+async function checkPacs(card) {
+  let on = card.pacs === true;
+  let note = "";
+  if (!on && card.pacs === undefined) {
+    try {
+      const resp = await fetch("/api/v1/pacs/status", { headers: authHeaders() });
+      if (resp.ok) {
+        const st = await resp.json();
+        on = !!st.enabled;
+        if (!st.reachable) note = "The PACS does not answer: " + (st.detail || "unreachable");
+      }
+    } catch (e) {
+      on = false;
+    }
+  }
+  $("pacs-panel").hidden = !on;
+  if (note) $("pacs-status").textContent = note;
+}
 
 async function listPacs() {
   $("pacs-status").textContent = "Asking the PACS…";
