@@ -497,10 +497,7 @@ def cmd_pacs(args) -> int:
         from lungct.pacs.roundtrip import round_trip
         from lungct.pacs.watch import Watcher
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in ("highdicom", "dicomweb_client"):
-            print(f"lungct: error: {PACS_HINT}", file=sys.stderr)
-            return 2
-        raise
+        return _missing_extra(exc, ("highdicom", "dicomweb_client"), PACS_HINT)
     from lungct.model.predictor import Predictor
 
     auth = PacsAuth.from_options(args.user, args.password_file, args.token_file)
@@ -541,6 +538,14 @@ def cmd_pacs(args) -> int:
     return 0
 
 
+def _missing_extra(exc: ImportError, packages: tuple[str, ...], hint: str) -> int:
+    """Exit status 2 with a one-line install hint when an optional extra is missing; else re-raise."""
+    if exc.name and exc.name.split(".")[0] in packages:
+        print(f"lungct: error: {hint}", file=sys.stderr)
+        return 2
+    raise exc
+
+
 FEDERATED_HINT = "federated training needs the optional extra: pip install 'lungct[federated]'"
 
 
@@ -550,10 +555,7 @@ def cmd_federated(args) -> int:
         from lungct.federated.deploy import Tls, run_client, run_server
         from lungct.federated.simulate import simulate
     except ImportError as exc:
-        if exc.name and exc.name.split(".")[0] in ("flwr", "ray"):
-            print(f"lungct: error: {FEDERATED_HINT}", file=sys.stderr)
-            return 2
-        raise
+        return _missing_extra(exc, ("flwr", "ray"), FEDERATED_HINT)
     tls = None
     if args.ca_cert:
         cert, key = (getattr(args, k, None) for k in ("cert", "key"))
