@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from lungct.config import make_config
-from lungct.federated.coordinator import RoundLog, RoundPlan, finish_run, load_heldout, start_run
+from lungct.federated.coordinator import RoundLog, RoundPlan, finish_run, load_heldout
 from lungct.federated.partition import partition_sites
 from lungct.federated.simulate import simulate
 from lungct.federated.task import local_train, site_data, write_spec
 from lungct.model.network import build_network
-from lungct.pipeline.training import make_split
+from lungct.pipeline.training import make_split, open_run
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"
 
@@ -51,7 +51,8 @@ def summary(metrics: dict) -> dict[str, float | None]:
 def alone(cfg, out: Path, name: str, spec: Path, sites: list[int], epochs: int) -> dict:
     """Train from the same initial weights on the union of ``sites`` only; same evaluation."""
     t0 = time.time()
-    paths, root, rows = start_run(cfg, out / name, progress=False)
+    paths, root, audit = open_run(cfg, out / name, progress=False)
+    rows = audit.rows
     held = load_heldout(cfg, root, rows, make_split(cfg, rows), progress=False)
     parts = [site_data(str(spec), s) for s in sites]
     images = np.concatenate([p[1] for p in parts])
@@ -100,7 +101,8 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
 
     # the sites of the simulation (same seed -> same split and partition), for the other arms
-    paths, root, rows = start_run(cfg, out / "partition", progress=False)
+    paths, root, audit = open_run(cfg, out / "partition", progress=False)
+    rows = audit.rows
     assignment = make_split(cfg, rows)
     train = np.flatnonzero(np.array(assignment) == "train")
     site_of = partition_sites([rows[i] for i in train], args.sites, args.alpha, cfg.seed)

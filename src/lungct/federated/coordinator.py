@@ -29,9 +29,7 @@ from flwr.serverapp.strategy import (
 )
 
 from lungct import CLASSES
-from lungct.config import TrainConfig, save_config
-from lungct.data.audit import run_audit
-from lungct.data.discovery import resolve_data_dir
+from lungct.config import TrainConfig
 from lungct.data.manifest import ManifestRow
 from lungct.data.splits import leakage_report, write_split
 from lungct.errors import ConfigError
@@ -40,9 +38,10 @@ from lungct.evaluation.operating import fit_operating_point
 from lungct.federated.task import evaluate_state, refresh_batch_norm
 from lungct.model.network import build_network
 from lungct.model.predictor import Predictor
-from lungct.model.train import load_images, set_determinism, set_threads
+from lungct.model.registry import get_spec
+from lungct.model.train import load_images
 from lungct.pipeline.training import evaluate_test_split, preprocess_config, run_record, write_run_report
-from lungct.runs import RunPaths, environment, save_checkpoint, write_json
+from lungct.runs import RunPaths, save_checkpoint, write_json
 
 log = logging.getLogger("lungct")
 
@@ -118,24 +117,11 @@ def load_heldout(
     cfg: TrainConfig, root: Path, rows: list[ManifestRow], assignment: list[str], progress: bool
 ):
     """Cache the val and test images at the model's input size."""
-    pre = preprocess_config(cfg, build_network(cfg.model, "none")[1].input_size)
+    pre = preprocess_config(cfg, get_spec(cfg.model).input_size)
     images = np.zeros((len(rows), pre.size, pre.size), np.uint8)
     held = np.flatnonzero(np.isin(np.array(assignment), ["val", "test"]))
     images[held] = load_images([root / rows[i].path for i in held], pre, progress=progress)
     return Heldout(root, rows, assignment, images)
-
-
-def start_run(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[RunPaths, Path, list[ManifestRow]]:
-    """Create the run folder (config, environment, audit) and return (paths, data root, audited rows)."""
-    paths = RunPaths(Path(out_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    set_determinism(cfg.seed)
-    set_threads(cfg.threads)
-    save_config(cfg, paths.config)
-    write_json(paths.root / "environment.json", environment())
-    root = resolve_data_dir(cfg.data)
-    rows = run_audit(root, class_map=cfg.class_map, out_dir=paths.audit, progress=progress).rows
-    return paths, root, rows
 
 
 def make_strategy(plan: RoundPlan, train_metrics: Callable) -> tuple[Strategy, Any]:

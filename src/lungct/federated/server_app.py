@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from lungct.config import make_config
 from lungct.data.splits import grouped_split
-from lungct.federated.coordinator import RoundPlan, finish_run, load_heldout, run_rounds, start_run
+from lungct.federated.coordinator import RoundPlan, finish_run, load_heldout, run_rounds
 from lungct.model.network import build_network
+from lungct.pipeline.training import open_run
 
 RENAME = {"train": "val", "val": "test"}
 """The coordinator's folder is all held out: a grouped 50/50 split whose halves validate and test."""
@@ -33,7 +33,8 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     cfg = make_config(json.loads(str(rc["train-config"])))
     plan = RoundPlan(**json.loads(str(rc["plan"])))
-    paths, root, rows = start_run(cfg, Path(str(rc["out"])), progress=False)
+    paths, root, audit = open_run(cfg, str(rc["out"]), progress=False)
+    rows = audit.rows
     halves = grouped_split(rows, fractions=(0.5, 0.5, 0.0), seed=cfg.seed)
     assignment = [RENAME[h] for h in halves]
     held = load_heldout(cfg, root, rows, assignment, progress=False)

@@ -22,11 +22,11 @@ from flwr.simulation import run_simulation
 
 from lungct.config import TrainConfig
 from lungct.federated.apps import client_app
-from lungct.federated.coordinator import RoundPlan, finish_run, load_heldout, run_rounds, start_run
+from lungct.federated.coordinator import RoundPlan, finish_run, load_heldout, run_rounds
 from lungct.federated.partition import partition_sites, site_summary
 from lungct.federated.task import write_spec
 from lungct.model.network import build_network
-from lungct.pipeline.training import make_split
+from lungct.pipeline.training import make_split, open_run
 
 
 def simulate(
@@ -34,7 +34,8 @@ def simulate(
 ) -> dict[str, Any]:
     """Run a federated simulation of ``plan`` into the run folder ``out_dir``; returns the test metrics."""
     t0 = time.time()
-    paths, root, rows = start_run(cfg, Path(out_dir), progress)
+    paths, root, audit = open_run(cfg, out_dir, progress)
+    rows = audit.rows
     assignment = make_split(cfg, rows)
     train = np.flatnonzero(np.array(assignment) == "train")
     site_of = partition_sites([rows[i] for i in train], plan.sites, alpha, cfg.seed)

@@ -65,6 +65,23 @@ def _split_summary(rows: list, assignment: list[str]) -> dict[str, Any]:
     return out
 
 
+def open_run(cfg: TrainConfig, out_dir: str | Path, progress: bool = True):
+    """Start a run folder: seed and threads set, config.yaml, environment.json and the data audit
+    written. Returns (paths, data root, audit result). Fails fast on an unknown model or missing data."""
+    from lungct.data.audit import run_audit
+
+    get_spec(cfg.model)  # fail fast on an unknown model, before any work
+    root = resolve_data_dir(cfg.data)
+    paths = RunPaths(Path(out_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    set_determinism(cfg.seed)
+    set_threads(cfg.threads)
+    save_config(cfg, paths.config)
+    write_json(paths.root / "environment.json", environment())
+    audit = run_audit(root, class_map=cfg.class_map, out_dir=paths.audit, progress=progress)
+    return paths, root, audit
+
+
 def run_training(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -74,19 +91,10 @@ def run_training(
     synthetic: bool = False,
 ) -> RunPaths:
     """Train, calibrate and evaluate one model; everything lands in ``out_dir`` (a run folder)."""
-    from lungct.data.audit import run_audit
     from lungct.data.splits import leakage_report
 
-    get_spec(cfg.model)  # fail fast on an unknown model, before any work
-    root = resolve_data_dir(cfg.data)
-    paths = RunPaths(Path(out_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    set_determinism(cfg.seed)
-    set_threads(cfg.threads)
     t_start = time.time()
-    save_config(cfg, paths.config)
-    write_json(paths.root / "environment.json", environment())
-    audit = run_audit(root, class_map=cfg.class_map, out_dir=paths.audit, progress=progress)
+    paths, root, audit = open_run(cfg, out_dir, progress)
     rows = audit.rows
     assignment = _split_rows(cfg, rows, paths, resume)
     leakage = leakage_report(rows, assignment)
