@@ -55,6 +55,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "unfrozen": {"image_size": 224, "balance": "weights", "freeze_fraction": 0.0},
     "no_crop": {"image_size": 224, "balance": "weights", "body_crop": False},
     "weights320": {"image_size": 320, "balance": "weights"},
+    "weights384": {"image_size": 384, "balance": "weights"},
+    "weights512": {"image_size": 512, "balance": "weights"},
 }
 """Recipe levers (TrainConfig overrides on the shipped defaults)."""
 

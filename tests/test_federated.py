@@ -64,10 +64,20 @@ def test_partition_refuses_impossible_requests() -> None:
         partition_sites(_rows(), 2, alpha=0)
 
 
-def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: Path) -> None:
+def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("flwr", reason="federated extra not installed (pip install 'lungct[federated]')")
     from lungct.config import make_config
+    from lungct.federated import coordinator
     from lungct.federated.coordinator import RoundPlan
+
+    repairs: list[int] = []
+    real_refresh = coordinator.refresh_batch_norm
+
+    def counting_refresh(*args, **kwargs):
+        repairs.append(1)
+        return real_refresh(*args, **kwargs)
+
+    monkeypatch.setattr(coordinator, "refresh_batch_norm", counting_refresh)
     from lungct.federated.simulate import simulate
     from lungct.model.predictor import Predictor
 
@@ -94,6 +104,8 @@ def test_federated_simulation_writes_a_run_folder(phantom_root: Path, tmp_path: 
     dp = fed["differential_privacy"]
     assert dp["noise_multiplier"] == 0.3 and dp["clipping_norm"] == 5.0
     assert dp["epsilon"] > 0 and np.isfinite(dp["epsilon"]) and dp["delta"] == 1e-5
+    # batch norm repaired once per evaluated state (rounds 0..2); the final weights reuse round 2's
+    assert repairs == [1] * 3
 
 
 def test_without_the_extra_the_command_says_how_to_install(monkeypatch, capsys, tmp_path: Path) -> None:

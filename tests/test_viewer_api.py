@@ -175,6 +175,10 @@ def test_content_grouping_tells_scans_apart():
     assert content_groups(one + two) == [0] * 8 + [1] * 5
     mixed = [one[0], two[0], one[1], two[1], one[2]]
     assert content_groups(mixed) == [0, 1, 0, 1, 0]
+    # exact copies stay together even below every threshold; a lone slice is not chained to a
+    # dissimilar scan by nearest-neighbour links (the floor)
+    assert content_groups([*two, one[0], one[0].copy()], threshold=0.999) == [0] * 5 + [1, 1]
+    assert content_groups([*two, one[0]]) == [0] * 5 + [1]
 
 
 def test_mixed_zip_refused_with_the_scans_named(client):

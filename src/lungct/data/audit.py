@@ -79,12 +79,14 @@ _NUMBER = re.compile(r"(\d+)\D*$")
 @dataclass(frozen=True)
 class LinkRule:
     """Same-size images of one class are linked when their similarity exceeds ``threshold`` or one is
-    among the ``k`` nearest neighbours of the other; different classes only when appearance > ``conflict``."""
+    among the ``k`` nearest neighbours of the other (and at least ``floor`` similar); different classes
+    only when appearance > ``conflict``."""
 
     threshold: float
     k: int
     method: str
     conflict: float = CONFLICT_MIN
+    floor: float = -np.inf
 
     def links(self, combined: np.ndarray, appearance: np.ndarray, cross: np.ndarray) -> np.ndarray:
         """Bool threshold links; ``cross`` marks pairs of different classes."""
@@ -163,40 +165,105 @@ def _codes(values: list[str]) -> np.ndarray:
     return np.unique(np.array(values), return_inverse=True)[1]
 
 
-def _blocks(rows: list[ManifestRow], feats: Feats):
+@dataclass(frozen=True)
+class Linkable:
+    """What grouping needs to know of N images: ``feats`` (one (N, D) unit-vector matrix per part of
+    :data:`PARTS`), ``labels`` int (N,) (all equal when unlabelled), ``shapes`` (height, width) per
+    image, and ``copies``: int (N,) code arrays, images sharing a code in any of them are exact copies."""
+
+    feats: Feats
+    labels: np.ndarray
+    shapes: list[tuple[int, int]]
+    copies: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of_rows(cls, rows: list[ManifestRow], feats: Feats) -> Linkable:
+        """Manifest rows: exact copies by file bytes or by decoded pixels."""
+        return cls(
+            feats,
+            np.array([r.label for r in rows]),
+            [(r.height, r.width) for r in rows],
+            (_codes([r.sha256 for r in rows]), _codes([r.pixel_sha256 for r in rows])),
+        )
+
+    @classmethod
+    def of_images(cls, images: list[np.ndarray]) -> Linkable:
+        """Unlabelled decoded float (H, W) images (e.g. the slices of one upload)."""
+        feats = tuple(np.stack(f) for f in zip(*(similarity_features(im) for im in images), strict=True))
+        return cls(
+            feats,  # type: ignore[arg-type]
+            np.zeros(len(images), dtype=np.int64),
+            [im.shape for im in images],
+            (_codes([_pixel_digest(im) for im in images]),),
+        )
+
+
+def _blocks(inp: Linkable):
     """Yield (row indices, column indices, combined and appearance similarity blocks, exact-copy mask)
     for every same-size bucket; the exact-copy mask includes each image itself."""
-    sha, pix = _codes([r.sha256 for r in rows]), _codes([r.pixel_sha256 for r in rows])
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        buckets[(r.height, r.width)].append(i)
+    for i, shape in enumerate(inp.shapes):
+        buckets[tuple(shape)].append(i)
     for idx in buckets.values():
         cols = np.array(idx)
         for start in range(0, len(cols), BLOCK):
             b = cols[start : start + BLOCK]
-            sims = [f[b] @ f[cols].T for f in feats]
-            exact = (sha[b][:, None] == sha[cols][None, :]) | (pix[b][:, None] == pix[cols][None, :])
+            sims = [f[b] @ f[cols].T for f in inp.feats]
+            exact = np.zeros((len(b), len(cols)), bool)
+            for code in inp.copies:
+                exact |= code[b][:, None] == code[cols][None, :]
             yield b, cols, sum(sims) / len(sims), sims[0], exact
 
 
-def _nearest(rows: list[ManifestRow], feats: Feats) -> dict[str, np.ndarray]:
+def nearest_neighbours(inp: Linkable) -> dict[str, np.ndarray]:
     """Per image, the highest combined similarity to an image of another class ("cross") and of its own
-    class ("same"), its ``K_MAX`` nearest same-size images ("neighbours", -1 where none) and whether
-    each is of another class ("neighbour_other"). Exact copies and the image itself are excluded."""
-    labels, n = np.array([r.label for r in rows]), len(rows)
+    class ("same"), its ``K_MAX`` nearest same-size images ("neighbours", -1 where none), their
+    similarities ("neighbour_sim") and whether each is of another class ("neighbour_other"). Exact
+    copies and the image itself are excluded."""
+    labels, n = inp.labels, len(inp.labels)
     out = {k: np.full(n, -np.inf) for k in ("cross", "same")}
     out["neighbours"] = np.full((n, K_MAX), -1)
-    for b, cols, combined, _, exact in _blocks(rows, feats):
+    out["neighbour_sim"] = np.full((n, K_MAX), -np.inf)
+    for b, cols, combined, _, exact in _blocks(inp):
         s = np.where(exact, -np.inf, combined)
         other = labels[b][:, None] != labels[cols][None, :]
         out["cross"][b] = np.where(other, s, -np.inf).max(axis=1)
         out["same"][b] = np.where(other, -np.inf, s).max(axis=1)
         top = np.argsort(-s, axis=1, kind="stable")[:, :K_MAX]
-        found = np.isfinite(np.take_along_axis(s, top, axis=1))
+        sim = np.take_along_axis(s, top, axis=1)
+        found = np.isfinite(sim)
         out["neighbours"][b, : top.shape[1]] = np.where(found, cols[top], -1)
+        out["neighbour_sim"][b, : top.shape[1]] = sim
     nb = out["neighbours"]
     out["neighbour_other"] = (nb >= 0) & (labels[np.maximum(nb, 0)] != labels[:, None])
     return out
+
+
+def link_components(inp: Linkable, rule: LinkRule, nn: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """Group index int (N,) per image (connected components of rule links and exact copies, numbered by
+    first appearance) and the fraction of images the rule links directly to an image of another class."""
+    labels, n = inp.labels, len(inp.labels)
+    ii, jj, crossed = [], [], 0
+    for b, cols, combined, look, exact in _blocks(inp):
+        cross = labels[b][:, None] != labels[cols][None, :]
+        link = rule.links(combined, look, cross)
+        crossed += int((link & ~exact & cross).any(axis=1).sum())
+        r, c = np.nonzero(link | exact)
+        ii.append(b[r])
+        jj.append(cols[c])
+    nb = nn["neighbours"][:, : rule.k]
+    near = (nb >= 0) & ~nn["neighbour_other"][:, : rule.k] & (nn["neighbour_sim"][:, : rule.k] >= rule.floor)
+    ii.append(np.nonzero(near)[0])
+    jj.append(nb[near])
+    i, j = np.concatenate(ii), np.concatenate(jj)
+    _, comp = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(n, n)), directed=False)
+    order = {c: k for k, c in enumerate(dict.fromkeys(comp.tolist()))}  # number by first appearance
+    return np.array([order[c] for c in comp.tolist()], dtype=np.int64), crossed / max(n, 1)
+
+
+def _nearest(rows: list[ManifestRow], feats: Feats) -> dict[str, np.ndarray]:
+    """:func:`nearest_neighbours` of manifest rows."""
+    return nearest_neighbours(Linkable.of_rows(rows, feats))
 
 
 def rank_cross_rates(nn: dict[str, np.ndarray]) -> list[float]:
@@ -240,28 +307,13 @@ def choose_rule(nn: dict[str, np.ndarray], error: float = ERROR_RATE) -> LinkRul
 
 
 def _group(rows: list[ManifestRow], feats: Feats, rule: LinkRule, nn: dict[str, np.ndarray]) -> float:
-    """Set ``group_id`` on every row (connected components of rule links and exact copies). Returns the
-    fraction of images the rule links directly to an image of another class."""
-    labels, n = np.array([r.label for r in rows]), len(rows)
-    ii, jj, crossed = [], [], 0
-    for b, cols, combined, look, exact in _blocks(rows, feats):
-        cross = labels[b][:, None] != labels[cols][None, :]
-        link = rule.links(combined, look, cross)
-        crossed += int((link & ~exact & cross).any(axis=1).sum())
-        r, c = np.nonzero(link | exact)
-        ii.append(b[r])
-        jj.append(cols[c])
-    nb = nn["neighbours"][:, : rule.k]
-    near = (nb >= 0) & ~nn["neighbour_other"][:, : rule.k]
-    ii.append(np.nonzero(near)[0])
-    jj.append(nb[near])
-    i, j = np.concatenate(ii), np.concatenate(jj)
-    _, comp = connected_components(coo_matrix((np.ones(i.size), (i, j)), shape=(n, n)), directed=False)
-    order = {c: k for k, c in enumerate(dict.fromkeys(comp.tolist()))}  # number by first appearance
-    width = max(4, len(str(len(order))))
-    for r, c in zip(rows, comp, strict=True):
-        r.group_id = f"g{order[c] + 1:0{width}d}"
-    return crossed / n
+    """Set ``group_id`` on every row (see :func:`link_components`). Returns the fraction of images the
+    rule links directly to an image of another class."""
+    comp, crossed = link_components(Linkable.of_rows(rows, feats), rule, nn)
+    width = max(4, len(str(int(comp.max()) + 1)))
+    for r, c in zip(rows, comp.tolist(), strict=True):
+        r.group_id = f"g{c + 1:0{width}d}"
+    return crossed
 
 
 def file_number_check(rows: list[ManifestRow]) -> dict[str, Any]:

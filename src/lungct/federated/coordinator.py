@@ -190,6 +190,8 @@ class RoundLog:
     sites_seen: list[list[int]] = field(default_factory=list)
     slices: dict[int, int] = field(default_factory=dict)
     """Training slices each site reported (the only thing the coordinator learns about its data)."""
+    last_state: tuple[int, dict[str, torch.Tensor]] | None = None
+    """(round, usable global state) of the latest evaluation, reused for the final weights."""
 
     def train_metrics(self, replies: list, weight_key: str) -> MetricRecord:
         """Aggregate the sites' training losses and remember which sites replied."""
@@ -207,6 +209,7 @@ class RoundLog:
 
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             state = usable_state(cfg, plan, held, arrays.to_torch_state_dict())
+            self.last_state = (server_round, state)
             logits = evaluate_state(cfg, state, held.images[test])
             m = classification_metrics(held.labels[test], softmax(logits), n_boot=0)
             self.per_round.append({"round": server_round, **{k: m[k] for k in ROUND_KEYS}})
@@ -275,7 +278,11 @@ def run_rounds(
         else:
             privacy.update(epsilon=None, delta=None, accounting="not available")
         privacy["batch_norm"] = "statistics re-estimated on the coordinator's validation images"
-    return usable_state(cfg, plan, held, result.arrays.to_torch_state_dict()), record, privacy
+    if record.last_state is not None and record.last_state[0] == plan.rounds:
+        final = record.last_state[1]  # the last round's evaluation already made these weights usable
+    else:
+        final = usable_state(cfg, plan, held, result.arrays.to_torch_state_dict())
+    return final, record, privacy
 
 
 def finish_run(
