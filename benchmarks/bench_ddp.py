@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from lungct.evaluation.evaluate import decision_columns
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq-othnccd"
 
 
@@ -29,17 +31,7 @@ def train(data: str, out: Path, nproc: int, extra: list[str]) -> dict:
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.time() - t0
     m = json.loads((out / "eval" / "test" / "metrics.json").read_text())
-    d = m["decision"]["slice"]
-    return {
-        "wall_s": round(wall, 1),
-        "macro_auc": m["macro_auc"],
-        "decision_accuracy": d["accuracy"],
-        "balanced_accuracy": d["balanced_accuracy"],
-        "normal_recall": d["per_class"]["normal"]["recall"],
-        "benign_recall": d["per_class"]["benign"]["recall"],
-        "malignant_sens": d["malignant"]["sensitivity"],
-        "malignant_spec": d["malignant"]["specificity"],
-    }
+    return {"wall_s": round(wall, 1), "macro_auc": m["macro_auc"], **decision_columns(m["decision"])}
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch
 from lungct.config import load_config
 from lungct.data.manifest import read_manifest
 from lungct.data.splits import read_split
-from lungct.evaluation.evaluate import decision_block
+from lungct.evaluation.evaluate import decision_block, decision_columns
 from lungct.evaluation.metrics import point_metrics
 from lungct.model.network import build_network
 from lungct.model.predictor import Predictor
@@ -42,18 +42,10 @@ def probs_of(net: torch.nn.Module, images: np.ndarray, temperature: float) -> tu
 
 
 def row(y: np.ndarray, p: np.ndarray, groups: np.ndarray, rule, seconds: float) -> dict:
-    d = decision_block(y, p, groups, rule, n_boot=0, seed=0)
-    s, c = d["slice"], d["case"]
     return {
         "ms_per_slice": round(1000 * seconds / len(y), 1),
         "macro_auc": point_metrics(y, p, rule.malignant_threshold)["macro_auc"],
-        "decision_accuracy": s["accuracy"],
-        "balanced_accuracy": s["balanced_accuracy"],
-        "normal_recall": s["per_class"]["normal"]["recall"],
-        "benign_recall": s["per_class"]["benign"]["recall"],
-        "malignant_sens": s["malignant"]["sensitivity"],
-        "malignant_spec": s["malignant"]["specificity"],
-        "case_accuracy": c["accuracy"],
+        **decision_columns(decision_block(y, p, groups, rule, n_boot=0, seed=0)),
     }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct.config import make_config
+from lungct.evaluation.evaluate import decision_columns
 from lungct.federated.coordinator import RoundLog, RoundPlan, finish_run, load_heldout
 from lungct.federated.partition import partition_sites
 from lungct.federated.simulate import simulate
@@ -36,16 +37,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "iq
 
 def summary(metrics: dict) -> dict[str, float | None]:
     """The comparison columns: arg-max macro AUC and the shipped decision's recalls and sens/spec."""
-    d = metrics["decision"]["slice"]
-    rec = {c: v["recall"] for c, v in d["per_class"].items()}
-    return {
-        "macro_auc": metrics.get("macro_auc"),
-        "decision_accuracy": d["accuracy"],
-        "normal_recall": rec["normal"],
-        "benign_recall": rec["benign"],
-        "malignant_sens": d["malignant"]["sensitivity"],
-        "malignant_spec": d["malignant"]["specificity"],
-    }
+    return {"macro_auc": metrics.get("macro_auc"), **decision_columns(metrics["decision"])}
 
 
 def alone(cfg, out: Path, name: str, spec: Path, sites: list[int], epochs: int) -> dict:

@@ -35,7 +35,7 @@ from lungct.config import load_config
 from lungct.data.manifest import read_manifest
 from lungct.data.slices import decode_slice
 from lungct.data.splits import read_split
-from lungct.evaluation.evaluate import decision_block
+from lungct.evaluation.evaluate import decision_block, decision_columns
 from lungct.evaluation.metrics import point_metrics
 from lungct.model.decision import MALIGNANT, NORMAL
 from lungct.model.predictor import Predictor
@@ -104,19 +104,13 @@ def measure(pred: Predictor, raw: list[np.ndarray], y: np.ndarray, groups: np.nd
     preds = pred.predict_slices(slices, batch_size=8)
     p = np.stack([q.probs for q in preds])
     flagged = float(np.mean([not q.assessed for q in preds]))
-    d = decision_block(y, p, groups, pred.rule, n_boot=0, seed=0)["slice"]
     pm = point_metrics(y, p, pred.rule.malignant_threshold)
     keep = np.isin(y, (MALIGNANT, NORMAL))
-    cancer = float(roc_auc_score(y[keep] == MALIGNANT, p[keep, MALIGNANT]))
     return {
-        "cancer_vs_normal_auc": cancer,
+        "cancer_vs_normal_auc": float(roc_auc_score(y[keep] == MALIGNANT, p[keep, MALIGNANT])),
         "abnormal_vs_normal_auc": pm["abnormal_vs_normal"]["auc"],
         "macro_auc": pm["macro_auc"],
-        "decision_accuracy": d["accuracy"],
-        "malignant_sens": d["malignant"]["sensitivity"],
-        "malignant_spec": d["malignant"]["specificity"],
-        "benign_recall": d["per_class"]["benign"]["recall"],
-        "normal_recall": d["per_class"]["normal"]["recall"],
+        **decision_columns(decision_block(y, p, groups, pred.rule, n_boot=0, seed=0)),
         "guard_flagged": flagged,
     }
 

@@ -31,7 +31,7 @@ import torch
 from lungct.config import make_config
 from lungct.data.audit import run_audit
 from lungct.data.splits import grouped_kfold
-from lungct.evaluation.evaluate import decision_block
+from lungct.evaluation.evaluate import decision_block, decision_columns
 from lungct.evaluation.metrics import ece, point_metrics, softmax
 from lungct.evaluation.operating import fit_operating_point
 from lungct.explain.checks import run_pointing_game_benchmark
@@ -103,22 +103,13 @@ def fold_metrics(
         )
         probs = softmax(logits[ev], t)
         d = decision_block(y[ev], probs, groups[ev], rule, n_boot=0, seed=0)
-        s, c = d["slice"], d["case"]
         pm = point_metrics(y[ev], probs)
         out.append(
             {
-                "accuracy": s["accuracy"],
-                "balanced_accuracy": s["balanced_accuracy"],
-                "benign_recall": s["per_class"]["benign"]["recall"],
-                "normal_recall": s["per_class"]["normal"]["recall"],
-                "malignant_sensitivity": s["malignant"]["sensitivity"],
-                "malignant_specificity": s["malignant"]["specificity"],
+                **decision_columns(d),
                 "abnormal_auc": pm["abnormal_vs_normal"]["auc"],
                 "benign_auc": pm["per_class"]["benign"]["auc"],
                 "ece": ece(probs, y[ev]),
-                "case_balanced_accuracy": c["balanced_accuracy"],
-                "case_abnormal_flagged": c["abnormal"]["sensitivity"],
-                "case_normal_cleared": c["abnormal"]["specificity"],
                 "case_rule": rule.case_aggregation,
                 "benign_threshold": rule.benign_threshold,
                 "malignant_threshold": rule.malignant_threshold,

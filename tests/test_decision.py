@@ -76,6 +76,23 @@ def test_decision_metrics_point_values() -> None:
     assert m["abnormal"]["sensitivity"] == pytest.approx(3 / 4) and m["abnormal"]["specificity"] == 0.5
 
 
+def test_decision_columns_flatten_the_shipped_rule_on_slices_and_cases() -> None:
+    from lungct.evaluation.evaluate import decision_block, decision_columns
+
+    rule = DecisionRule(malignant_threshold=0.5, benign_threshold=0.5)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array(
+        [[0.9, 0.05, 0.05], [0.2, 0.1, 0.7], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0, 0.2, 0.8]]
+    )
+    groups = np.array(["n", "n", "b", "b", "m", "m"])
+    cols = decision_columns(decision_block(y, probs, groups, rule, n_boot=0, seed=0))
+    assert cols["accuracy"] == pytest.approx(4 / 6) and cols["benign_recall"] == pytest.approx(0.5)
+    assert cols["malignant_sensitivity"] == 1.0 and cols["malignant_specificity"] == pytest.approx(0.75)
+    # case means: normal case (0.55, .075, .375) -> normal; benign (0.4, 0.5, 0.1) -> benign
+    assert cols["case_normal_cleared"] == 1.0 and cols["case_abnormal_flagged"] == 1.0
+    assert cols["case_balanced_accuracy"] == 1.0
+
+
 def test_decision_metrics_bootstrap_resamples_groups() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 20)

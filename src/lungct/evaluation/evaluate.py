@@ -105,6 +105,24 @@ def decision_block(
     }
 
 
+def decision_columns(block: dict[str, Any]) -> dict[str, float | None]:
+    """Flat comparison columns of a :func:`decision_block` (benchmarks and studies print these):
+    slice accuracy, balanced accuracy, normal / benign recall, malignant sensitivity / specificity, and
+    at case level balanced accuracy, abnormal scans flagged and normal scans cleared."""
+    s, c = block["slice"], block["case"]
+    return {
+        "accuracy": s["accuracy"],
+        "balanced_accuracy": s["balanced_accuracy"],
+        "normal_recall": s["per_class"]["normal"]["recall"],
+        "benign_recall": s["per_class"]["benign"]["recall"],
+        "malignant_sensitivity": s["malignant"]["sensitivity"],
+        "malignant_specificity": s["malignant"]["specificity"],
+        "case_balanced_accuracy": c["balanced_accuracy"],
+        "case_abnormal_flagged": c["abnormal"]["sensitivity"],
+        "case_normal_cleared": c["abnormal"]["specificity"],
+    }
+
+
 def _subset_block(
     y: np.ndarray, probs: np.ndarray, groups: np.ndarray, rule: DecisionRule, n_boot: int, seed: int
 ) -> dict[str, Any]:
