@@ -61,6 +61,22 @@ LEVERS: dict[str, dict[str, Any]] = {
 """Recipe levers (TrainConfig overrides on the shipped defaults)."""
 
 
+def training_folds(data: str, k: int):
+    """(manifest rows, indices of the training rows (not `lungct train`'s test split, same seed), labels
+    (N,), scan groups (N,), k grouped folds over the training rows, fold index per training row)."""
+    base = make_config({"data": data})
+    rows = run_audit(Path(data), progress=False).rows
+    split = make_split(base, rows)
+    fit_rows = np.array([i for i, s in enumerate(split) if s != "test"])
+    y = np.array([r.label for r in rows])
+    groups = np.array([r.group_id for r in rows])
+    folds = grouped_kfold([rows[i] for i in fit_rows], k=k, seed=base.seed)
+    fold_of = np.zeros(len(fit_rows), dtype=int)
+    for j, (_, te) in enumerate(folds):
+        fold_of[te] = j
+    return rows, fit_rows, y, groups, folds, fold_of
+
+
 def held_out_logits(cfg, images: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, folds) -> dict[str, Any]:
     """Out-of-fold logits (plain and flip-averaged) for the training rows, one model per fold."""
     n = len(fit_rows)
@@ -88,8 +104,10 @@ def fold_metrics(
     fold_of: np.ndarray,
     cfg,
     target: float | None = None,
+    adjust=None,
 ) -> list[dict]:
-    """Per fold: operating point from the other folds' held-out predictions, applied to this fold."""
+    """Per fold: operating point from the other folds' held-out predictions, applied to this fold.
+    ``adjust(rule, calibrated probs, labels)`` of the other folds may replace the fitted rule."""
     out = []
     for j in np.unique(fold_of):
         fit, ev = fold_of != j, fold_of == j
@@ -101,6 +119,8 @@ def fold_metrics(
             target_normal_recall=cfg.target_normal_recall,
             fitted_on="other folds",
         )
+        if adjust is not None:
+            rule = adjust(rule, softmax(logits[fit], t), y[fit])
         probs = softmax(logits[ev], t)
         d = decision_block(y[ev], probs, groups[ev], rule, n_boot=0, seed=0)
         pm = point_metrics(y[ev], probs)
@@ -161,17 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = make_config({"data": args.data})
-    audit = run_audit(Path(args.data), progress=False)
-    rows = audit.rows
-    split = make_split(base, rows)
-    fit_rows = np.array([i for i, s in enumerate(split) if s != "test"])
-    y = np.array([r.label for r in rows])
-    groups = np.array([r.group_id for r in rows])
-    folds = grouped_kfold([rows[i] for i in fit_rows], k=args.folds, seed=base.seed)
-    fold_of = np.zeros(len(fit_rows), dtype=int)
-    for j, (_, te) in enumerate(folds):
-        fold_of[te] = j
+    rows, fit_rows, y, groups, folds, fold_of = training_folds(args.data, args.folds)
     print(
         f"{len(fit_rows)} training images, {len(set(groups[fit_rows]))} scan groups, {args.folds} folds; "
         f"{len(rows) - len(fit_rows)} test-split images never loaded",
