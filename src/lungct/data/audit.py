@@ -191,7 +191,7 @@ class Linkable:
         """Unlabelled decoded float (H, W) images (e.g. the slices of one upload)."""
         feats = tuple(np.stack(f) for f in zip(*(similarity_features(im) for im in images), strict=True))
         return cls(
-            feats,  # type: ignore[arg-type]
+            feats,
             np.zeros(len(images), dtype=np.int64),
             [im.shape for im in images],
             (_codes([_pixel_digest(im) for im in images]),),
